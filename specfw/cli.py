@@ -70,6 +70,47 @@ def _add_models_parser(sub) -> None:
     p.set_defaults(func=cmd_models, json=False)
 
 
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return [kind(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got '{text}'") from None
+
+    return parse
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="run the paper's study (baseline + every condition per prompt) and write records and a report",
+        description="For each prompt: the target alone, then every drafter x translator x k x cache-sync, "
+        "one JSONL record per run in OUT/records.jsonl; OUT/report.md and plots are built from the records. "
+        "Rerun with the same --out to resume. 'specfw eval report OUT' rebuilds the report only.",
+    )
+    p.add_argument("--config", help="sweep TOML file (keys as the flags, with underscores); flags override it")
+    p.add_argument("--dataset", action="append", dest="datasets",
+                   help="pl-questions, pl-grammar, en-prompts, a JSONL file, or an HF dataset path (repeatable)")
+    p.add_argument("--translators", type=_csv(str), help="comma-separated (default: none,naive,context)")
+    p.add_argument("--k", type=_csv(int), help="comma-separated draft lengths (default: 2,4)")
+    p.add_argument("--cache-sync", dest="cache_syncs", type=_csv(str), help="comma-separated (default: trim)")
+    p.add_argument("--target", help="target model (default: gemma3-270m)")
+    p.add_argument("--draft", action="append", dest="drafts",
+                   help="draft model, repeatable: one condition set per drafter (default: smollm2-135m-instruct)")
+    p.add_argument("--drafter", help="drafter plugin (default: mlx)")
+    p.add_argument("--max-tokens", type=int, help="tokens per run (default: 128)")
+    p.add_argument("--limit", type=int, help="first N prompts of each dataset")
+    p.add_argument("--prefix-window", type=int, help="translation context window (default: 4)")
+    p.add_argument("--chat", action="store_true", default=None, help="wrap prompts in each model's chat template")
+    p.add_argument("--out", help="output folder (records.jsonl, report.md, plots)")
+    p.add_argument("--cache-dir", help="model cache folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+    r = sub.add_parser("eval-report")  # reached as "specfw eval report OUT" (see main); unlisted
+    r.add_argument("out", help="an eval output folder")
+    r.set_defaults(func=cmd_eval_report)
+
+
 def _add_plugins_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list every loaded plugin with its kind, module and distribution")
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -85,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_parser(sub)
     _add_models_parser(sub)
+    _add_eval_parser(sub)
     _add_plugins_parser(sub)
     return parser
 
@@ -194,6 +236,35 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from specfw.eval import SweepConfig, load_sweep_file, run_sweep
+
+    if args.cache_dir:
+        os.environ["SPECFW_CACHE"] = args.cache_dir
+    fields = ("datasets", "translators", "k", "cache_syncs", "target", "drafts", "drafter", "max_tokens",
+              "limit", "prefix_window", "chat", "out")
+    given = {name: getattr(args, name) for name in fields}
+    if args.config:
+        sweep = load_sweep_file(args.config, given)
+    else:
+        if not args.datasets or not args.out:
+            raise SpecfwError("give --dataset (one or more) and --out DIR, or --config sweep.toml")
+        sweep = SweepConfig(**{k: v for k, v in given.items() if v is not None})
+    report = run_sweep(sweep, log=_log, progress=not args.no_progress)
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_eval_report(args) -> int:
+    from specfw.report import write_report
+
+    out = Path(args.out)
+    if not (out / "records.jsonl").exists():
+        raise SpecfwError(f"'{out}' has no records.jsonl; run 'specfw eval ... --out {out}' first")
+    print(f"report: {write_report(out, out)}")
+    return 0
+
+
 def cmd_plugins(args) -> int:
     from specfw.plugins import get_registry
 
@@ -219,6 +290,9 @@ def _validation_line(err: ValidationError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "report"]:  # 'specfw eval report DIR' rebuilds a report from records
+        argv = ["eval-report", *argv[2:]]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

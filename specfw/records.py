@@ -44,6 +44,7 @@ class EvalRecord(BaseModel):
     lossless: bool
     target_bytes: int
     draft_bytes: Optional[int] = None
+    output_sha256: Optional[str] = None  # of the generated token ids: how resumed runs check losslessness
 
     @property
     def is_baseline(self) -> bool:

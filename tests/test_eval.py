@@ -1,0 +1,117 @@
+"""`specfw eval`: records per (prompt, condition), resume without loss, report from records alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from specfw import eval as specfw_eval
+from specfw.cli import main
+from specfw.errors import ConfigError
+from specfw.eval import RECORDS, SweepConfig, load_sweep_file, read_records, run_sweep
+
+TINY = dict(target="tiny-random-mistral", drafts=["tiny-random-qwen2.5"])
+
+
+@pytest.fixture
+def prompts(tmp_path):
+    path = tmp_path / "mini.jsonl"
+    lines = [{"id": "a", "prompt": "Zażółć gęślą jaźń"}, {"id": "b", "prompt": "The capital of France is"},
+             {"text": "Ala ma kota, a kot ma"}]
+    path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
+    return path
+
+
+def _sweep(prompts, out, **kw) -> SweepConfig:
+    fields = dict(datasets=[str(prompts)], translators=["none", "context"], k=[1, 2], max_tokens=6, out=out, **TINY)
+    fields.update(kw)
+    return SweepConfig(**fields)
+
+
+def test_sweep_writes_one_lossless_record_per_prompt_and_condition(prompts, tmp_path):
+    out = tmp_path / "out"
+    report = run_sweep(_sweep(prompts, out), progress=False)
+    records = read_records(out)
+    assert len(records) == 3 * (1 + 4)
+    assert len({r.key() for r in records}) == len(records)
+    assert all(r.lossless for r in records)
+    by_prompt = {r.prompt_id: r for r in records if r.is_baseline}
+    for r in records:
+        if not r.is_baseline:
+            assert r.condition == f"tiny-random-qwen2.5/{r.translator}/k{r.k}/trim"
+            assert r.speedup == pytest.approx(r.tps / by_prompt[r.prompt_id].tps)
+            assert r.draft_bytes and r.target_bytes
+    assert report.name == "report.md" and report.exists()
+
+
+def test_interrupted_sweep_resumes_and_loses_nothing(prompts, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real_append = specfw_eval.append_record
+    calls = {"n": 0}
+
+    def append_then_interrupt(folder, record):
+        real_append(folder, record)
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(specfw_eval, "append_record", append_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_sweep(prompts, out), progress=False)
+    first = (out / RECORDS).read_text().splitlines()
+    assert len(first) == 7
+    # A run killed mid-write leaves half a line: it is dropped, everything before it is kept.
+    with open(out / RECORDS, "a") as sink:
+        sink.write(first[-1][: len(first[-1]) // 2])
+    monkeypatch.setattr(specfw_eval, "append_record", real_append)
+    run_sweep(_sweep(prompts, out), progress=False)
+    final = (out / RECORDS).read_text().splitlines()
+    assert final[:7] == first  # nothing already written was lost or rewritten
+    assert len(final) == 15 and len({tuple(json.loads(x)[k] for k in ("dataset", "prompt_id", "condition")) for x in final}) == 15
+
+
+def test_changed_settings_refuse_the_same_out(prompts, tmp_path):
+    out = tmp_path / "out"
+    run_sweep(_sweep(prompts, out, translators=["context"], k=[1]), progress=False)
+    with pytest.raises(ConfigError, match="max_tokens"):
+        run_sweep(_sweep(prompts, out, translators=["context"], k=[1], max_tokens=7), progress=False)
+
+
+def test_report_is_rebuilt_from_records_alone(prompts, tmp_path, capsys):
+    out = tmp_path / "out"
+    report = run_sweep(_sweep(prompts, out, translators=["context"], k=[2]), progress=False)
+    original = report.read_text()
+    report.unlink()
+    assert main(["eval", "report", str(out)]) == 0
+    assert report.read_text() == original
+    assert main(["eval", "report", str(tmp_path / "nowhere")]) == 2
+    assert "has no records.jsonl" in capsys.readouterr().err
+
+
+def test_toml_and_flags_build_the_same_sweep(prompts, tmp_path):
+    toml = tmp_path / "sweep.toml"
+    toml.write_text(
+        f'datasets = ["{prompts}"]\ntranslators = ["naive", "context"]\nk = [1, 4]\n'
+        f'target = "tiny-random-mistral"\ndrafts = ["tiny-random-qwen2.5"]\nmax_tokens = 5\nout = "{tmp_path / "o"}"\n'
+    )
+    from_file = load_sweep_file(toml, {})
+    from_flags = SweepConfig(datasets=[str(prompts)], translators=["naive", "context"], k=[1, 4], max_tokens=5,
+                             out=tmp_path / "o", **TINY)
+    assert from_file == from_flags
+    assert load_sweep_file(toml, {"max_tokens": 9}).max_tokens == 9
+
+
+def test_eval_cli_bad_input_is_one_line(prompts, tmp_path, capsys):
+    cases = [
+        (["eval", "--out", str(tmp_path / "o")], "give --dataset"),
+        (["eval", "--dataset", "no-such-set", "--out", str(tmp_path / "o")], "no-such-set"),
+        (["eval", "--dataset", str(prompts), "--out", str(tmp_path / "o"), "--translators", "bogus",
+          "--target", "tiny-random-mistral", "--draft", "tiny-random-qwen2.5"], "unknown translator 'bogus'"),
+        (["eval", "--config", str(tmp_path / "missing.toml")], "does not exist"),
+        (["eval", "--dataset", str(prompts), "--out", str(tmp_path / "o"), "--k", "0"], "k must be >= 1"),
+    ]
+    for argv, needle in cases:
+        assert main(argv) == 2, argv
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and needle in err[0] and err[0].startswith("specfw: error:"), (argv, err)
