@@ -29,6 +29,7 @@ ENTRY_POINT_GROUP = "specfw"
 BUILTIN_MODULES = (
     "specfw_plugins.drafters",
     "specfw_plugins.translators",
+    "specfw_plugins.tli",
     "specfw_plugins.verifiers",
     "specfw_plugins.cache_syncs",
 )

@@ -264,8 +264,8 @@ def test_csv_file_and_missing_text_column(tmp_path: Path) -> None:
 # --- tables through Hugging Face `datasets` ----------------------------------------------------
 
 
-@pytest.mark.skipif(HAS_DATASETS, reason="`datasets` is installed; the saved-dataset test covers this route")
-def test_hf_route_without_datasets_says_what_to_install(tmp_path: Path) -> None:
+def test_hf_route_without_datasets_says_what_to_install(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if the optional package were not installed
     folder = tmp_path / "saved"
     folder.mkdir()
     (folder / "state.json").write_text("{}", encoding="utf-8")
