@@ -135,6 +135,27 @@ def _add_fidelity_parser(sub) -> None:
     p.set_defaults(func=cmd_fidelity)
 
 
+def _add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="speed measurements, every ratio taken side by side in one run")
+    bsub = p.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    o = bsub.add_parser(
+        "overhead",
+        help="specfw vs mlx-lm on the same models: target alone (ar_vs_mlx_lm) and same-tokenizer drafting (sd_vs_mlx_lm)",
+        description="Alternates specfw --baseline with mlx-lm generate_step, and specfw with a same-tokenizer "
+        "drafter with mlx-lm speculative_generate_step, best of --rounds each; prints tokens/s ratios "
+        "(goals: ar >= 0.98, sd >= 1.00).",
+    )
+    o.add_argument("--target", default=None, help="target model (default: gemma3-270m)")
+    o.add_argument("--draft", default=None, help="same-tokenizer draft model (default: the target drafts itself)")
+    o.add_argument("--tokens", type=int, default=64, help="tokens per generation (default: 64)")
+    o.add_argument("--k", type=int, default=2, help="draft tokens per cycle (default: 2)")
+    o.add_argument("--rounds", type=int, default=5, help="alternating rounds; each side keeps its best (default: 5)")
+    o.add_argument("--prompt", default=None, help="prompt (default: a Polish sentence that runs past --tokens)")
+    o.add_argument("--json", action="store_true", help="print one JSON object")
+    o.add_argument("--cache-dir", help="model cache folder")
+    o.set_defaults(func=cmd_bench_overhead)
+
+
 def _add_plugins_parser(sub) -> None:
     p = sub.add_parser("plugins", help="list every loaded plugin with its kind, module and distribution")
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -152,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_parser(sub)
     _add_eval_parser(sub)
     _add_fidelity_parser(sub)
+    _add_bench_parser(sub)
     _add_plugins_parser(sub)
     return parser
 
@@ -339,6 +361,21 @@ def cmd_fidelity(args) -> int:
     for note in report.notes + ([f"{report.texts_skipped} texts left out: a tokenizer does not reproduce their bytes"]
                                 if report.texts_skipped else []):
         print(f"note: {note}")
+    return 0
+
+
+def cmd_bench_overhead(args) -> int:
+    from specfw.bench import DEFAULT_PROMPT, format_overhead, overhead
+    from specfw.model_store import DEFAULT_TARGET
+
+    if args.cache_dir:
+        os.environ["SPECFW_CACHE"] = args.cache_dir
+    for flag in ("tokens", "k", "rounds"):
+        if getattr(args, flag) < 1:
+            raise SpecfwError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    result = overhead(args.target or DEFAULT_TARGET, args.draft, tokens=args.tokens, k=args.k,
+                      rounds=args.rounds, prompt=args.prompt or DEFAULT_PROMPT, log=None if args.json else _log)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_overhead(result))
     return 0
 
 
