@@ -1,25 +1,163 @@
 """Built-in string translators: ``identity``, ``none``, ``naive`` and ``context`` (``tli`` lives in :mod:`specfw_plugins.tli`).
 
-Forward (draft → target) they follow the reference paper's conditions;
-backward (accepted target text → draft ids) they all re-encode the new text in
-the draft vocabulary as a continuation, which keeps the drafter in sync.
+Forward (draft → target) they follow the reference paper's conditions, with
+``context`` made safe against the boundary absorption of the paper's Section
+6.4 (see :class:`ContextTranslator`). Backward (accepted target text → draft
+ids) ``none`` and ``naive`` encode the new text on its own and append it (the
+paper's back-translation); ``context`` re-encodes it together with a window of
+the drafter's recent context (:func:`context_resync`), so that the drafter's
+context stays the draft tokenizer's own tokenization of the accepted text.
+
+A ``(keep, append)`` that rewrites the end of the drafter's context costs no
+extra drafter pass: the scheduler trims the drafter's KV cache to the common
+prefix of the old and new context and hands the rest to the next
+:meth:`~specfw.protocols.Drafter.propose` as pending ids, which the ``mlx``
+drafter forwards in the same pass that yields its first proposal.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from specfw.hookspecs import hookimpl
 from specfw.protocols import Acceptance, Proposal, TranslatorSetup
-from specfw.text import complete_text
+from specfw.text import (
+    common_prefix_len,
+    complete_text,
+    complete_utf8_prefix,
+    leading_continuation_bytes,
+    spelled_prefix,
+)
 from specfw.tokenizers import Tokenizer
+
+# A window is extended back to a word start by at most this many extra ids.
+WORD_START_REACH = 16
+_WHITESPACE = b" \t\n\r"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+# Letters appended to a proposal that ends inside a word, to see which target ids
+# would change if the word went on, weighted by their frequency in Polish text (per mille).
+PROBE_LETTERS: tuple[tuple[str, float], ...] = tuple(
+    (letter, float(weight))
+    for letter, weight in zip(
+        "aioeznrwstcykdpmujlłbęgąóhżśćfń",
+        [89, 82, 78, 77, 56, 55, 47, 47, 43, 40, 40, 38, 35, 33, 31, 28,
+         25, 23, 21, 18, 15, 11, 10, 10, 9, 11, 8, 7, 4, 3, 2],
+    )
+)
+_PROBE_TOTAL = sum(weight for _, weight in PROBE_LETTERS)
+
+_SINGLE_BYTE: dict[str, dict[int, int]] = {}
+
+
+def single_byte_ids(tok: Tokenizer) -> dict[int, int]:
+    """Map byte → id of a (non-special) token whose bytes are exactly that byte.
+
+    Sentencepiece vocabularies with byte fallback have ``<0x00>``..``<0xFF>``
+    (for an ASCII byte the ordinary piece, listed after the byte pieces, is
+    preferred); byte-level BPE vocabularies have every byte. Built once per
+    vocabulary (keyed by its fingerprint) from :meth:`Tokenizer.token_bytes`.
+    """
+    table = _SINGLE_BYTE.get(tok.fingerprint)
+    if table is None:
+        table = {}
+        for i in range(tok.vocab_size):
+            piece = tok.token_bytes(i)
+            if len(piece) == 1 and not tok.is_special(i):
+                table[piece[0]] = i  # the last id wins
+        _SINGLE_BYTE[tok.fingerprint] = table
+    return table
+
+
+def _is_text_id(tok: Tokenizer, token_id: int) -> bool:
+    return 0 <= token_id < tok.vocab_size and not tok.is_special(token_id)
+
+
+def window_start(tok: Tokenizer, ids: Sequence[int], window: int, reach: int = WORD_START_REACH) -> int:
+    """Where a re-encoding window over the last ``window`` ids of ``ids`` should start.
+
+    The window never crosses a special id (text on either side of one is
+    encoded separately). It is moved back, by at most ``reach`` more ids, to a
+    word start (see :func:`_starts_word`), so that re-encoding its text
+    reproduces its ids: a window that starts inside a word may be split
+    differently. It never starts on a UTF-8 continuation byte if an earlier
+    id can give the lead byte. ``window`` 0 gives an empty window
+    (``len(ids)``).
+    """
+    end = len(ids)
+    if window <= 0 or end == 0:
+        return end
+    floor = end
+    while floor > 0 and _is_text_id(tok, ids[floor - 1]):
+        floor -= 1  # first id after the last special (or 0)
+    start = max(floor, end - window)
+    lowest = max(floor, start - reach)
+    while start > lowest and not _starts_word(tok, ids, start, floor):
+        start -= 1
+    while start > floor and tok.token_bytes(ids[start])[:1] and tok.token_bytes(ids[start])[0] & 0xC0 == 0x80:
+        start -= 1  # the window must hold whole characters
+    return start
+
+
+def _starts_word(tok: Tokenizer, ids: Sequence[int], i: int, floor: int) -> bool:
+    """Whether ``ids[i]`` begins a word: it starts with whitespace, or follows a line break.
+
+    A token after a bare space does not (``" "`` + ``"ła"``: the space belongs
+    to the word, both for sentencepiece's ``▁`` and byte-level pre-tokenizers).
+    """
+    if i == floor:
+        return True
+    piece = tok.token_bytes(ids[i])
+    if piece[:1] and piece[0] in _WHITESPACE:
+        return True
+    return tok.token_bytes(ids[i - 1])[-1:] in (b"\n", b"\r")
+
+
+def context_resync(tok: Tokenizer, context: Sequence[int], new_text: str, window: int) -> tuple[int, list[int]]:
+    """Back-translation with context: ``(keep, append)`` so that ``context[:keep] + append`` is canonical.
+
+    The text of the last ``window`` ids of ``context`` (see
+    :func:`window_start`) and ``new_text`` are encoded together as a
+    continuation; the new ids replace the context from the first one that
+    differs (the longest agreeing run is kept). So where the new text merges
+    with the end of the context (``"W" "arsz"`` + ``"awa"`` → ``"Wars" "zawa"``),
+    the drafter's context becomes the tokenizer's own tokenization, not a
+    concatenation it never saw in training. Falls back to appending the new
+    text's own encoding when the window's text does not survive re-encoding
+    byte for byte (invalid UTF-8, normalization).
+    """
+    end = len(context)
+    if not new_text:
+        return end, []
+    start = window_start(tok, context, window)
+    recent = list(context[start:])
+    recent_bytes = b"".join(map(tok.token_bytes, recent))
+    try:
+        text = recent_bytes.decode("utf-8") + new_text
+    except UnicodeDecodeError:
+        return end, tok.encode_continuation(new_text)
+    ids = tok.encode_continuation(text)
+    if start < end:
+        if b"".join(map(tok.token_bytes, ids)) != text.encode("utf-8"):
+            return end, tok.encode_continuation(new_text)
+    agree = common_prefix_len(ids, recent)
+    return start + agree, ids[agree:]
 
 
 class _TextBackTranslation:
-    """Back-translation shared by the string translators: encode the new text as a continuation."""
+    """Back-translation shared by the string translators: :func:`context_resync` over ``draft_window`` draft ids.
+
+    ``draft_window`` 0 encodes the new text on its own and appends it.
+    """
 
     draft: Tokenizer
+    draft_window: int
 
     def to_draft(self, acceptance: Acceptance) -> tuple[int, list[int]]:
-        return len(acceptance.draft_context), self.draft.encode_continuation(acceptance.new_text)
+        return context_resync(self.draft, acceptance.draft_context, acceptance.new_text, self.draft_window)
 
 
 class IdentityTranslator:
@@ -52,6 +190,7 @@ class NoTranslation(_TextBackTranslation):
 
     def __init__(self, setup: TranslatorSetup) -> None:
         self.draft = setup.draft_tokenizer
+        self.draft_window = 0  # the paper's back-translation: the new text alone
         self.target_vocab = setup.target_tokenizer.vocab_size
 
     def to_target(self, proposal: Proposal) -> list[int]:
@@ -70,6 +209,7 @@ class NaiveTranslator(_TextBackTranslation):
 
     def __init__(self, setup: TranslatorSetup) -> None:
         self.draft = setup.draft_tokenizer
+        self.draft_window = 0  # the paper's back-translation: the new text alone
         self.target = setup.target_tokenizer
 
     def to_target(self, proposal: Proposal) -> list[int]:
@@ -79,27 +219,161 @@ class NaiveTranslator(_TextBackTranslation):
 
 
 class ContextTranslator(_TextBackTranslation):
-    """Re-encodes the proposal after a window of the last W accepted target ids (the paper's context-aware condition).
+    """Context-aware translation (the paper's condition), safe against boundary absorption.
 
-    The window's text and the proposal's text are encoded together as a
-    continuation; the first W ids are stripped and the rest proposed.
+    Forward (:meth:`to_target`): the text of the last W accepted target ids
+    (W = ``prefix_window``, moved back to a word start, see
+    :func:`window_start`) and the proposal's complete characters are encoded
+    together as a continuation.
+
+    * If the first ids re-tokenize to exactly the window's ids, the rest is
+      the translation.
+    * Otherwise the window's text was split differently. If some token
+      boundary still falls exactly where the accepted text ends, the ids after
+      it are the translation. If none does, the last accepted token merged
+      with the proposal's first characters (the paper's absorption, whose
+      worst case is "zero new tokens"); the target cannot un-merge what it
+      emitted, so the proposal is encoded from the boundary on its own, with
+      leading UTF-8 continuation bytes (the accepted ids ended inside a
+      character, e.g. after the ``<0xC5>`` of a byte-fallback ``Ń``) spelled
+      by single-byte (byte-fallback) ids.
+
+    The translation always spells a prefix of the proposal's bytes, and a
+    proposal with at least one complete character yields at least one id. A
+    trailing incomplete character is held back until a later proposal
+    completes it. When the proposal ends inside a word, its last ids may be
+    re-segmented once the word goes on (``" k"`` becomes ``" kol"``); those
+    ids are held back when more than ``unstable_share`` of the probe letters
+    (:data:`PROBE_LETTERS`, weighted) would change them (see :meth:`_stable`).
+
+    Backward (:meth:`to_draft`): :func:`context_resync` with a draft-side
+    window of ``prefix_window`` draft ids, so the drafter's context is the
+    draft tokenization of the accepted text.
     """
 
     name = "context"
+    unstable_share: float | None = 0.4
+    """Largest weighted share of probe letters that may change a proposed id; None proposes every id."""
 
     def __init__(self, setup: TranslatorSetup) -> None:
         self.draft = setup.draft_tokenizer
         self.target = setup.target_tokenizer
         self.window = setup.config.prefix_window
+        self.draft_window = setup.config.prefix_window
 
     def to_target(self, proposal: Proposal) -> list[int]:
-        if not proposal.new_bytes:
+        new = proposal.new_bytes
+        if not new:
+            return []  # the proposal contradicts the accepted text
+        return self._translate(new, proposal.target_ids) or self._first_character(new)
+
+    def _translate(self, new: bytes, accepted: Sequence[int]) -> list[int]:
+        target = self.target
+        start = window_start(target, accepted, self.window)
+        window = list(accepted[start:])
+        window_bytes = b"".join(map(target.token_bytes, window))
+        if not window_bytes or leading_continuation_bytes(window_bytes):
+            return self._from_boundary(new)  # no window (W = 0), or no whole character to start it with
+        data = complete_utf8_prefix(window_bytes + new)
+        if len(data) <= len(window_bytes):
+            return []  # not one complete character yet: wait for the rest
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return self._from_boundary(new)  # invalid bytes in the window or the proposal
+        ids = target.encode_continuation(text)
+        pieces = [target.token_bytes(i) for i in ids]
+        first = common_prefix_len(ids, window)
+        if first < len(window):
+            # Split differently: is there a token boundary exactly at the end of the accepted text?
+            first, pos = spelled_prefix(pieces, data)
+            while pos > len(window_bytes):
+                first -= 1
+                pos -= len(pieces[first])
+            if pos != len(window_bytes):
+                return self._from_boundary(new)  # absorbed: the last accepted token runs into the proposal
+        count, _ = spelled_prefix(pieces[first:], data, len(window_bytes))
+        if not count:
+            return self._from_boundary(new)
+        return ids[first : first + self._stable(text, ids, first, count)]
+
+    def _stable(self, text: str, ids: list[int], first: int, count: int) -> int:
+        """How many of the ``count`` proposed ids ``ids[first:]`` to keep: at least one.
+
+        ``ids`` is the encoding of ``text``. When ``text`` ends with a letter,
+        the word may go on and the tokenizer may then split its end
+        differently. Each probe letter is appended and the text re-encoded; ids
+        are kept while the weighted share of probes that change them (or an
+        earlier one) stays at most :attr:`unstable_share`.
+        """
+        if count < 2 or self.unstable_share is None or not text[-1:].isalpha():
+            return count
+        changed_at = [0.0] * (count + 1)  # weight of probes that keep exactly j proposed ids
+        head = ids[: first + count]
+        encode = self.target.encode_continuation
+        limit = self.unstable_share * _PROBE_TOTAL
+        for letter, weight in PROBE_LETTERS:  # heaviest first, so the answer is usually known early
+            same = common_prefix_len(encode(text + letter), head) - first
+            changed_at[min(max(same, 0), count)] += weight
+            if changed_at[count] >= _PROBE_TOTAL - limit:
+                return count  # even if every other probe changed the first id, all are kept
+            if changed_at[0] + changed_at[1] > limit:
+                return 1  # the first or second id changes too often: one id, the least kept
+        lost = 0.0
+        for j in range(count):
+            lost += changed_at[j]
+            if lost > limit:
+                return max(1, j)
+        return count
+
+    def _from_boundary(self, new: bytes) -> list[int]:
+        """Target ids that spell ``new`` from the accepted boundary on, without merging across it."""
+        target = self.target
+        lead = leading_continuation_bytes(new)
+        out: list[int] = []
+        if lead:
+            out = self._bytes(new[:lead])
+            if not out:
+                return out
+        rest = complete_utf8_prefix(new[lead:])
+        if rest:
+            text = rest.decode("utf-8", errors="replace")
+            ids = target.encode_continuation(text)
+            count, _ = spelled_prefix(map(target.token_bytes, ids), rest)
+            if count:
+                out += ids[: self._stable(text, ids, 0, count)]
+        return out
+
+    def _bytes(self, data: bytes) -> list[int]:
+        """One single-byte id per byte of ``data``, or [] if the vocabulary lacks one."""
+        table = single_byte_ids(self.target)
+        return [table[b] for b in data] if all(b in table for b in data) else []
+
+    def _first_character(self, new: bytes) -> list[int]:
+        """Last resort: ids for the first complete character of ``new``.
+
+        Used when nothing else spelled the proposal's bytes (a tokenizer that
+        normalizes text, e.g. NFC, or invalid UTF-8): the character's own
+        encoding if it spells it, else one single-byte id per byte. Leading
+        continuation bytes (the rest of a character the accepted ids left
+        unfinished) can only be single-byte ids, even before the character is
+        complete.
+        """
+        lead = leading_continuation_bytes(new)
+        if lead:
+            return self._bytes(new[:lead])
+        char = complete_utf8_prefix(new[: _utf8_length(new[0])])
+        if not char:
             return []
-        recent = proposal.target_ids[-self.window :] if self.window else []
-        window = [i for i in recent if not self.target.is_special(i)]
-        window_bytes = b"".join(map(self.target.token_bytes, window))
-        ids = self.target.encode_continuation(complete_text(window_bytes + proposal.new_bytes))
-        return ids[len(window) :]
+        ids = self.target.encode_continuation(char.decode("utf-8", errors="replace"))
+        if b"".join(map(self.target.token_bytes, ids)) == char:
+            return ids
+        return self._bytes(char)
+
+
+def _utf8_length(lead: int) -> int:
+    """Bytes of the UTF-8 sequence that ``lead`` starts (1 for ASCII and for invalid lead bytes)."""
+    return 2 if lead & 0xE0 == 0xC0 else 3 if lead & 0xF0 == 0xE0 else 4 if lead & 0xF8 == 0xF0 else 1
 
 
 def _until_out_of_vocab(ids: list[int], vocab_size: int) -> list[int]:

@@ -33,3 +33,32 @@ def common_prefix_len(a, b) -> int:
             break
         n += 1
     return n
+
+
+def leading_continuation_bytes(data: bytes | bytearray) -> int:
+    """How many UTF-8 continuation bytes (``10xxxxxx``) ``data`` starts with, at most 3.
+
+    They finish a character whose lead byte came earlier (e.g. the second
+    byte of a letter that a byte-fallback tokenizer spelled in two tokens).
+    """
+    n = 0
+    while n < min(3, len(data)) and data[n] & 0xC0 == 0x80:
+        n += 1
+    return n
+
+
+def spelled_prefix(pieces, data: bytes | bytearray, start: int = 0) -> tuple[int, int]:
+    """How many of ``pieces`` (byte strings), in order, spell ``data`` from ``start`` on.
+
+    Returns ``(count, end)``: the first ``count`` pieces equal ``data[start:end]``
+    piece by piece; counting stops at the first empty piece or the first one
+    that does not match.
+    """
+    pos = start
+    count = 0
+    for piece in pieces:
+        if not piece or data[pos : pos + len(piece)] != piece:
+            break
+        pos += len(piece)
+        count += 1
+    return count, pos

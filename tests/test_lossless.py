@@ -50,7 +50,7 @@ def _replay_reference(target, draft, prompt: str, baseline) -> list[int]:
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("cache_sync", CACHE_SYNCS)
 @pytest.mark.parametrize("translator", TRANSLATORS)
-@given(prompt=PROMPTS, pair=st.sampled_from(PAIRS), max_tokens=st.integers(4, 16), window=st.integers(1, 6))
+@given(prompt=PROMPTS, pair=st.sampled_from(PAIRS), max_tokens=st.integers(4, 16), window=st.integers(0, 6))
 def test_greedy_speculative_equals_target_alone(translator, cache_sync, k, prompt, pair, max_tokens, window):
     target, draft = tiny_loaded(pair[0]), tiny_loaded(pair[1])
     baseline = _baseline(target, prompt, max_tokens)
@@ -88,3 +88,25 @@ def test_replay_drafter_is_accepted_through_translation(translator):
     assert result.stats.proposed > 0
     if translator == "context":
         assert result.stats.acceptance_rate > 0.5
+
+
+@pytest.mark.parametrize("window", [0, 1, 4])
+@pytest.mark.parametrize("pair", [("mistral", "llama3"), ("qwen", "mistral")])
+def test_context_on_garbled_proposals_stays_lossless(pair, window):
+    """``context`` fed proposals that are half the target's continuation and half random draft ids.
+
+    Random ids are byte tokens, pieces of characters and special ids, so the
+    proposal's bytes start or end inside a character, hold invalid UTF-8, or
+    contradict the accepted text: the translator's boundary paths (byte-fallback
+    ids, held-back partial characters, absorption) run on real tokenizers, and
+    the output must still be the target's own.
+    """
+    target, draft = tiny_loaded(pair[0]), tiny_loaded(pair[1])
+    prompt = "Jadę do GDAŃSKA, a ĘŃ 🦩 𝄞 ꙮ to bajty"
+    baseline = _baseline(target, prompt, 24)
+    reference = _replay_reference(target, draft, prompt, baseline)
+    config = RunConfig(prompt=prompt, translator="context", k=3, max_tokens=24, prefix_window=window,
+                       drafter="replay", drafter_options={"reference": reference, "corrupt_rate": 0.5, "seed": window})
+    result = Run(config, target=target, draft=draft).result()
+    assert result.token_ids == baseline.token_ids
+    assert 0 < result.stats.proposed and result.stats.accepted <= result.stats.proposed
