@@ -12,13 +12,21 @@ from specfw.errors import PluginError
 from specfw.forward import PREFILL_CHUNK, prefill
 from specfw.hookspecs import hookimpl
 from specfw.protocols import DrafterSetup
+from specfw_plugins.verifiers import filtered_logits
 
 
 class MLXDrafter:
-    """An mlx-lm model with its KV cache, proposing greedily (argmax).
+    """An mlx-lm model with its KV cache, proposing greedily (argmax), or by sampling when asked.
 
     Pending ids (the resync after back-translation) are forwarded in the same
     pass that yields the first proposal, so a resync costs no extra pass.
+
+    With ``DrafterSetup.sample`` (the ``speculative`` verifier at ``temp > 0``)
+    each proposal is drawn from the model's distribution restricted to
+    ``allowed``, scaled by ``config.temp`` and cut to the top-``config.top_p``
+    nucleus exactly as the sampling verifiers cut the target's; those
+    distributions are kept in ``last_probs``. The draws use their own random
+    key (derived from ``config.seed``), independent of the verifier's.
     """
 
     name = "mlx"
@@ -27,9 +35,33 @@ class MLXDrafter:
     def __init__(self, setup: DrafterSetup) -> None:
         self.model = setup.model
         self.cache: list = []
+        config = setup.config
+        self.sample = bool(setup.sample) and config.temp > 0
+        self.temp, self.top_p, self.seed = config.temp, config.top_p, config.seed
+        self.last_probs: mx.array | None = None
+        self._mask: tuple[mx.array, int, mx.array] | None = None  # (mask given, width, mask fitted to width)
+        self.reset_key()
+
+    def reset_key(self) -> None:
+        # a fixed odd offset keeps this key's stream apart from the verifier's (mx.random.key(seed))
+        self.key = mx.random.key((self.seed * 2654435761 + 0x5D7AF7) % 2**63)
 
     def reset(self) -> None:
         self.cache = make_prompt_cache(self.model)
+        self.last_probs = None
+        self.reset_key()
+
+    def _fit(self, allowed: mx.array, width: int) -> mx.array:
+        """``allowed`` cut or padded (with False) to the logits width, cached for the mask object."""
+        if self._mask is not None and self._mask[0] is allowed and self._mask[1] == width:
+            return self._mask[2]
+        fitted = allowed
+        if allowed.shape[0] < width:
+            fitted = mx.concatenate([allowed, mx.zeros((width - allowed.shape[0],), mx.bool_)])
+        elif allowed.shape[0] > width:
+            fitted = allowed[:width]
+        self._mask = (allowed, width, fitted)
+        return fitted
 
     def propose(self, pending: Sequence[int], k: int, allowed: mx.array | None = None) -> list[int]:
         ids = list(pending)
@@ -38,13 +70,21 @@ class MLXDrafter:
             ids = ids[-PREFILL_CHUNK:]
         y = mx.array(ids)
         proposals = []
+        probs = []
         for _ in range(k):
             logits = self.model(y[None], cache=self.cache)[0, -1]
             if allowed is not None:
-                logits = mx.where(allowed, logits, -mx.inf)
-            y = mx.argmax(logits, axis=-1, keepdims=True)
+                logits = mx.where(self._fit(allowed, logits.shape[-1]), logits, -mx.inf)
+            if self.sample:
+                logits = filtered_logits(logits, self.temp, self.top_p)
+                self.key, draw_key = mx.random.split(self.key)
+                y = mx.random.categorical(logits, key=draw_key).reshape(1)
+                probs.append(mx.softmax(logits, axis=-1))
+            else:
+                y = mx.argmax(logits, axis=-1, keepdims=True)
             mx.async_eval(y)  # overlap this step's compute with building the next
             proposals.append(y)
+        self.last_probs = mx.stack(probs) if probs else None
         return mx.concatenate(proposals).tolist()
 
     def trim(self, n: int) -> None:

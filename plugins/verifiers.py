@@ -1,4 +1,4 @@
-"""Built-in verifiers: ``greedy`` (exact argmax match) and ``sample`` (target sampling)."""
+"""Built-in verifiers: ``greedy`` (exact argmax match), ``sample`` (target sampling) and ``speculative`` (rejection rule)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,24 @@ import mlx.core as mx
 from specfw.hookspecs import hookimpl
 from specfw.protocols import VerifierSetup
 from specfw.text import common_prefix_len
+
+
+def filtered_logits(logits: mx.array, temp: float, top_p: float) -> mx.array:
+    """Logits scaled by ``1 / temp`` (float32), with the tokens outside the top-``top_p`` nucleus set to -inf.
+
+    The nucleus is the smallest set of most likely tokens whose mass reaches
+    ``top_p`` (the most likely token always stays). Shared by the sampling
+    verifiers and by drafters that sample the same way.
+    """
+    logits = logits.astype(mx.float32) / temp
+    if top_p >= 1.0:
+        return logits
+    probs = mx.softmax(logits, axis=-1)
+    order = mx.argsort(-probs, axis=-1)
+    sorted_probs = mx.take_along_axis(probs, order, axis=-1)
+    keep_sorted = (mx.cumsum(sorted_probs, axis=-1) - sorted_probs) < top_p
+    keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
+    return mx.where(keep, logits, -mx.inf)
 
 
 class GreedyVerifier:
@@ -45,16 +63,7 @@ class SampleVerifier:
         self.key = mx.random.key(config.seed)
 
     def _filtered_logits(self, logits: mx.array) -> mx.array:
-        logits = logits.astype(mx.float32) / self.temp
-        if self.top_p >= 1.0:
-            return logits
-        probs = mx.softmax(logits, axis=-1)
-        order = mx.argsort(-probs, axis=-1)
-        sorted_probs = mx.take_along_axis(probs, order, axis=-1)
-        # keep the smallest set of top tokens whose mass reaches top_p (the first token always stays)
-        keep_sorted = (mx.cumsum(sorted_probs, axis=-1) - sorted_probs) < self.top_p
-        keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
-        return mx.where(keep, logits, -mx.inf)
+        return filtered_logits(logits, self.temp, self.top_p)
 
     def verify(self, logits: mx.array, proposed: Sequence[int], draft_logprobs: mx.array | None = None) -> tuple[int, int]:
         self.key, draw_key = mx.random.split(self.key)
@@ -67,7 +76,62 @@ class SampleVerifier:
         return mx.random.categorical(self._filtered_logits(logits), axis=-1, key=draw_key)
 
 
+class SpeculativeVerifier(SampleVerifier):
+    """The standard speculative sampling rule (Leviathan et al. 2023; Chen et al. 2023), lossless.
+
+    With ``p_i`` the target's distribution at position ``i`` (temperature and
+    top-p as in ``sample``) and ``q_i`` the distribution the proposal ``x_i``
+    was drawn from (``draft_logprobs``, in target ids): accept ``x_i`` with
+    probability ``min(1, p_i(x_i) / q_i(x_i))``; at the first rejection draw the
+    next id from the residual ``norm(max(0, p_i - q_i))``; if every proposal is
+    accepted, draw the bonus id from ``p_n``. Each emitted id is then exactly
+    distributed as ``p``, while a drafter close to the target is accepted with
+    probability ``sum(min(p, q))`` rather than ``sum(p * q)``.
+
+    Without ``draft_logprobs`` the proposals are treated as deterministic
+    (``q_i`` one-hot on ``x_i``): ``x_i`` is accepted with probability
+    ``p_i(x_i)`` and a rejection draws from ``p_i`` without ``x_i``, the same
+    output distribution (and acceptance) as ``sample``. Chosen by default
+    for ``--translator tli`` at ``--temp > 0``.
+    """
+
+    name = "speculative"
+    wants_draft_probs = True
+
+    def verify(self, logits: mx.array, proposed: Sequence[int], draft_logprobs: mx.array | None = None) -> tuple[int, int]:
+        n = len(proposed)
+        self.key, accept_key, draw_key = mx.random.split(self.key, 3)
+        scaled = self._filtered_logits(logits)
+        logp = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)  # (n + 1, V); -inf outside top-p
+        if n == 0:
+            return 0, mx.random.categorical(logp, axis=-1, key=draw_key).item()
+        width = logits.shape[-1]
+        rows = mx.arange(n)
+        index = mx.array(list(proposed))
+        p = mx.exp(logp[:n])
+        if draft_logprobs is None:
+            q = (mx.arange(width)[None, :] == index[:, None]).astype(mx.float32)
+        else:
+            q = mx.exp(draft_logprobs.astype(mx.float32))
+            if q.shape[-1] < width:  # ids beyond the target tokenizer's vocabulary: never drawn by the draft
+                q = mx.concatenate([q, mx.zeros((n, width - q.shape[-1]), mx.float32)], axis=-1)
+            elif q.shape[-1] > width:
+                q = q[:, :width]
+        # accept x_i iff u_i < p_i(x_i) / q_i(x_i), written without the division
+        accept = mx.random.uniform(shape=(n,), key=accept_key) * q[rows, index] < p[rows, index]
+        residual = mx.maximum(p - q, 0.0)
+        has_residual = residual.sum(axis=-1, keepdims=True) > 0
+        # p == q leaves no residual (and then a rejection can only be a rounding artefact): draw from p
+        residual_logits = mx.where(has_residual, mx.log(residual), logp[:n])
+        draws = mx.random.categorical(mx.concatenate([residual_logits, logp[n:]]), axis=-1, key=draw_key)
+        mx.eval(accept, draws)  # one sync for the whole decision
+        accepted_flags, drawn = accept.tolist(), draws.tolist()
+        accepted = common_prefix_len(accepted_flags, [True] * n)
+        return accepted, drawn[accepted]
+
+
 @hookimpl
 def register_verifiers(register):
     register(GreedyVerifier)
     register(SampleVerifier)
+    register(SpeculativeVerifier)

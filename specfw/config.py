@@ -13,7 +13,8 @@ class RunConfig(BaseModel):
     ``target`` / ``draft``: a known model name, a local model folder or a
     Hugging Face id; None for both selects the default pair. Plugin fields hold registered plugin
     names (``specfw plugins`` lists them). ``verifier`` None picks ``greedy``
-    when ``temp`` is 0 and ``sample`` otherwise.
+    when ``temp`` is 0, else ``speculative`` (the rejection rule with the
+    draft's probabilities) for the ``tli`` translator and ``sample`` for the others.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -52,4 +53,6 @@ class RunConfig(BaseModel):
     def verifier_name(self) -> str:
         if self.verifier is not None:
             return self.verifier
-        return "greedy" if self.temp == 0 else "sample"
+        if self.temp == 0:
+            return "greedy"
+        return "speculative" if self.translator == "tli" else "sample"

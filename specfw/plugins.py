@@ -28,6 +28,7 @@ from specfw.protocols import PLUGIN_KINDS
 ENTRY_POINT_GROUP = "specfw"
 BUILTIN_MODULES = (
     "specfw_plugins.drafters",
+    "specfw_plugins.lookup",
     "specfw_plugins.translators",
     "specfw_plugins.tli",
     "specfw_plugins.verifiers",

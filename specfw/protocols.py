@@ -38,12 +38,19 @@ class DrafterSetup:
     ``model`` is the loaded draft model when the drafter class sets
     ``needs_model = True`` (the host loads it from ``config.draft``), else None.
     ``options`` are free-form settings from ``RunConfig.drafter_options``.
+    ``sample``: True when the run verifies with the draft's probabilities
+    (the ``speculative`` verifier at ``temp > 0`` with a translator that maps
+    them, e.g. ``tli``): the drafter should then *draw* its proposals from its
+    temperature / top-p distribution (``config.temp``, ``config.top_p``) and
+    expose that distribution as ``last_probs`` (see :class:`Drafter`). When
+    False (the default) a drafter proposes as it likes (greedy for ``mlx``).
     """
 
     config: RunConfig
     model: nn.Module | None
     vocab_size: int
     options: dict[str, Any] = field(default_factory=dict)
+    sample: bool = False
 
 
 @runtime_checkable
@@ -60,8 +67,19 @@ class Drafter(Protocol):
       pending ids and all proposed ids but the last (which was never fed).
     * :meth:`trim` drops the last ``n`` cached positions (rejected or
       re-tokenized ones); ``n`` never exceeds what is cached.
-    * ``allowed`` (optional) is a boolean mask over the draft vocabulary; a
+    * ``allowed`` (optional) is a boolean mask over the draft vocabulary (its
+      length is the draft model's logits width where the host knows it); a
       drafter that receives one must only propose allowed ids.
+
+    Optional, for verification with the draft's probabilities: after
+    :meth:`propose`, an attribute ``last_probs`` holds an ``mx.array`` of shape
+    ``(k, width)`` whose row ``i`` is the distribution over draft ids that
+    proposal ``i`` was *drawn from* (restricted to ``allowed``, rows summing
+    to 1), or None. A drafter that proposes deterministically (greedy,
+    scripted) leaves it None or absent; the verifier then treats its
+    proposals as certain (a one-hot distribution), which is exact for them.
+    Giving the softmax of a greedy drafter's logits here would break
+    losslessness: the rows must be what the ids were sampled from.
     """
 
     name: ClassVar[str]
@@ -133,6 +151,19 @@ class Translator(Protocol):
 
     ``coverage()`` may return a short report (e.g. vocabulary intersection);
     translators that have nothing to report return None.
+
+    Optional methods, used by the host when present (``tli`` has both):
+
+    * ``allowed_mask(width) -> mx.array``: a boolean mask of shape
+      ``(width,)`` over draft ids; the host passes it to the drafter as
+      ``allowed`` (``width`` is the draft model's logits width, which may
+      exceed the draft tokenizer's vocabulary).
+    * ``to_target_probs(draft_probs) -> mx.array``: maps the drafter's
+      distributions for the first ``n`` proposals, shape ``(n, draft width)``,
+      to distributions over target ids, shape ``(n, target vocab)``. Only for
+      translators whose :meth:`to_target` maps draft ids one for one (its
+      result is the images of the first ``n`` draft ids), so row ``i`` is the
+      distribution the ``i``-th proposed target id was drawn from.
     """
 
     name: ClassVar[str]
@@ -161,9 +192,17 @@ class Verifier(Protocol):
     proposed ids, and ``proposed`` (the ``n`` target ids). It returns
     ``(accepted, next_id)``: how many proposed ids are accepted (a prefix) and
     the target id that follows them. The output must be distributed exactly
-    as the target's own (greedy: identical). ``draft_logprobs`` (optional,
-    shape ``(n, vocab)``) is given to verifiers that use the draft's
-    probabilities; none of the built-ins needs them.
+    as the target's own (greedy: identical).
+
+    ``draft_logprobs`` (optional): log-probabilities of shape ``(n, V)``, row
+    ``i`` the distribution over target ids that ``proposed[i]`` was drawn from
+    (``V`` is the target tokenizer's vocabulary, which may be narrower than
+    ``logits``: missing columns have probability 0). The scheduler passes them
+    only to a verifier class with ``wants_draft_probs = True``, and only when
+    the drafter exposed ``last_probs`` and the translator has
+    ``to_target_probs``; otherwise None, meaning the proposals are to be
+    treated as deterministic. The built-in ``speculative`` verifier uses
+    them; ``greedy`` and ``sample`` ignore them.
 
     :meth:`next_id` is the target-alone step: from one row of logits, the
     next id as a lazy scalar ``mx.array`` (no sync), drawn exactly as

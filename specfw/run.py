@@ -166,12 +166,23 @@ class Run:
                 self.notes.append(f"same tokenizer on both sides: translator '{c.translator}' replaced by 'identity'")
         self.translator_used = translator_cls.name
         translator = _build(translator_cls, TranslatorSetup(draft_tok, self.target.tokenizer, c))
+        # Verification with the draft's probabilities: a verifier that wants them, a translator that maps them,
+        # and sampling (at temp 0 every verifier is exact match on the argmax).
+        draft_probs = (
+            c.temp > 0
+            and getattr(self.plugin_classes["verifier"], "wants_draft_probs", False)
+            and callable(getattr(translator, "to_target_probs", None))
+        )
+        draft_model = self.draft.model if self.draft else None
         drafter = _build(
             drafter_cls,
-            DrafterSetup(c, self.draft.model if self.draft else None, draft_tok.vocab_size, dict(c.drafter_options)),
+            DrafterSetup(c, draft_model, draft_tok.vocab_size, dict(c.drafter_options), sample=draft_probs),
         )
+        allowed = None
+        if callable(getattr(translator, "allowed_mask", None)):
+            allowed = translator.allowed_mask(_logits_width(draft_model, draft_tok))
         draft_ids = self._prompt_ids(self.draft, draft_tok) if self.draft else prompt_ids(draft_tok, c.prompt)
-        return DraftSide(drafter, translator, draft_tok, draft_ids, c.k)
+        return DraftSide(drafter, translator, draft_tok, draft_ids, c.k, allowed=allowed, draft_probs=draft_probs)
 
     # -- running -----------------------------------------------------------
 
@@ -198,6 +209,12 @@ class Run:
             stats=self.stats,
             notes=list(self.notes),
         )
+
+
+def _logits_width(model, tokenizer: Tokenizer) -> int:
+    """How many logits the draft model produces (its embedding may be padded past the tokenizer's ids)."""
+    width = getattr(getattr(model, "args", None), "vocab_size", None)  # mlx-lm models keep their ModelArgs
+    return width if isinstance(width, int) and width > 0 else tokenizer.vocab_size
 
 
 def _build(cls: type, setup):

@@ -47,6 +47,8 @@ class DraftSide:
     prompt_ids: list[int]
     k: int
     allowed: mx.array | None = None
+    # Map the drafter's ``last_probs`` through ``translator.to_target_probs`` and give them to the verifier.
+    draft_probs: bool = False
 
 
 @dataclass
@@ -91,6 +93,7 @@ def speculative_stream(
         # -- draft and translate (not before the first token: it comes from the prompt pass)
         draft_ids: list[int] = []
         proposed: list[int] = []
+        draft_logprobs = None
         if draft is not None and first_time is not None:
             k = min(draft.k, max_tokens - stats.generated)
             draft_ids = draft.drafter.propose(draft_seq[draft_cached:], k, draft.allowed)
@@ -101,6 +104,8 @@ def speculative_stream(
             proposed = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
             if not proposed:
                 stats.zero_new_cycles += 1
+            elif draft.draft_probs:
+                draft_logprobs = _draft_logprobs(draft, len(proposed))
 
         # -- verify: one target pass over the unforwarded accepted ids and the proposal
         if target_alone is not None:
@@ -108,7 +113,10 @@ def speculative_stream(
         else:
             feed = target_ids[cached:] + proposed
             logits = forward_logits(target.model, cache, feed, len(proposed) + 1)
-            accepted, next_id = target.verifier.verify(logits, proposed)
+            if draft_logprobs is None:
+                accepted, next_id = target.verifier.verify(logits, proposed)
+            else:
+                accepted, next_id = target.verifier.verify(logits, proposed, draft_logprobs=draft_logprobs)
             cached += len(feed)
         new_ids = proposed[:accepted] + [next_id]
         if first_time is not None:
@@ -163,6 +171,17 @@ def speculative_stream(
     tail = text_decoder.decode(b"", final=True)
     if tail:
         yield Token(-1, tail, from_draft=False)  # flush of an unfinished UTF-8 sequence, no id
+
+
+def _draft_logprobs(draft: DraftSide, n: int) -> mx.array | None:
+    """Log-probabilities, over target ids, of the distributions the first ``n`` proposals were drawn from.
+
+    None when the drafter exposed none (it proposed deterministically).
+    """
+    probs = getattr(draft.drafter, "last_probs", None)
+    if probs is None:
+        return None
+    return mx.log(draft.translator.to_target_probs(probs[:n]))
 
 
 def _target_alone_ids(target: TargetSide, cache: list, feed: Sequence[int]) -> Iterator[int]:

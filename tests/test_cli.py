@@ -98,12 +98,6 @@ def test_empty_prompt(capsys):
     assert "prompt is empty" in _one_error_line(capsys)
 
 
-def test_tli_refuses_with_its_coverage(capsys):
-    assert main(["run", *TINY, "--prompt", "hello", "--translator", "tli", "--max-tokens", "2"]) == 2
-    line = _one_error_line(capsys)
-    assert "shared tokens" in line and "--translator context" in line
-
-
 def test_prompt_longer_than_context(capsys, tmp_path):
     from specfw.model_store import ensure_model
     from specfw.models import read_config

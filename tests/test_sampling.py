@@ -1,4 +1,4 @@
-"""Sampling: the ``sample`` verifier's output is distributed as the target's alone.
+"""Sampling: the ``sample`` and ``speculative`` verifiers' output is distributed as the target's alone.
 
 A two-sample chi-square test compares the second and third generated tokens
 (the first ones a drafter can propose) between speculative runs and
@@ -43,9 +43,9 @@ class LenientVerifier(SampleVerifier):
         return accepted, super().verify(logits[accepted:], [])[1]
 
 
-def _tokens(target, reference, seed, verifier_cls=None, baseline=False):
+def _tokens(target, reference, seed, verifier_cls=None, baseline=False, verifier=None):
     config = RunConfig(prompt=PROMPT, temp=TEMP, seed=seed, max_tokens=3, k=2, baseline=baseline,
-                       drafter="replay", drafter_options={"reference": reference})
+                       drafter="replay", drafter_options={"reference": reference}, verifier=verifier)
     run = Run(config, target=target)
     if verifier_cls is not None:
         run.target_side.verifier = verifier_cls(VerifierSetup(config))
@@ -79,11 +79,13 @@ def _chi2_p(a: list, b: list) -> float:
 
 
 @pytest.mark.slow
-def test_sampled_distribution_matches_target_alone():
+@pytest.mark.parametrize("verifier", ["sample", "speculative"])
+def test_sampled_distribution_matches_target_alone(verifier):
+    """``speculative`` gets no draft probabilities from the replay drafter: its one-hot rule must be exact too."""
     target = tiny_loaded("mistral")
     reference = _second_choice_reference(target)
     base = [_tokens(target, reference, seed, baseline=True) for seed in range(RUNS)]
-    spec = [_tokens(target, reference, 10_000 + seed) for seed in range(RUNS)]
+    spec = [_tokens(target, reference, 10_000 + seed, verifier=verifier) for seed in range(RUNS)]
     lenient = [_tokens(target, reference, 20_000 + seed, LenientVerifier) for seed in range(RUNS)]
 
     # The distribution is not degenerate: several distinct continuations occur.
