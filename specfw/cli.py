@@ -33,9 +33,11 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--draft", help="draft model: known name, local MLX folder, or Hugging Face id")
     p.add_argument("--drafter", default="mlx", help="drafter plugin (default: mlx)")
     p.add_argument("--translator", default="context", help="translator plugin: none, naive, context, tli, ... (default: context)")
-    p.add_argument("--k", type=int, default=2, help="draft tokens per cycle (default: 2)")
+    p.add_argument("--k", type=int, default=2, help="draft tokens per cycle; the starting k for --k-policy adaptive (default: 2)")
+    p.add_argument("--k-policy", default="fixed", help="k policy plugin: fixed (always --k) or adaptive (chooses 0..--k-max each cycle from measured costs) (default: fixed)")
+    p.add_argument("--k-max", type=int, default=8, help="largest k the adaptive policy may choose (default: 8)")
     p.add_argument("--cache-sync", default="trim", help="cache-sync plugin: trim or rewind (default: trim)")
-    p.add_argument("--verifier", default=None, help="verifier plugin: greedy or sample (default: greedy at --temp 0, else sample)")
+    p.add_argument("--verifier", default=None, help="verifier plugin: greedy, sample or speculative (default: greedy at --temp 0; speculative for tli, else sample)")
     p.add_argument("--prefix-window", type=int, default=4, help="accepted target tokens used as context by translators (context) and by --cache-sync rewind (default: 4)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", help="prompt text")
@@ -215,6 +217,8 @@ def cmd_run(args) -> int:
         verifier=args.verifier,
         cache_sync=args.cache_sync,
         k=args.k,
+        k_policy=args.k_policy,
+        k_max=args.k_max,
         prefix_window=args.prefix_window,
         prompt=_read_prompt(args),
         max_tokens=args.max_tokens,
@@ -236,6 +240,9 @@ def cmd_run(args) -> int:
     sys.stdout.write("\n")
     s = run.stats
     mode = "baseline (target alone)" if config.baseline else f"translator={run.translator_used} k={config.k}"
+    if not config.baseline and config.k_policy != "fixed":
+        chosen = " ".join(f"{k}:{n}" for k, n in sorted(s.k_counts.items()))
+        mode = f"translator={run.translator_used} k_policy={config.k_policy} k_chosen[{chosen}]"
     print(
         f"specfw: {mode} cache_sync={config.cache_sync} verifier={config.verifier_name} | "
         f"generated={s.generated} cycles={s.cycles} proposed={s.proposed} accepted={s.accepted} "

@@ -26,7 +26,9 @@ class RunConfig(BaseModel):
     translator: str = "context"
     verifier: Optional[str] = None
     cache_sync: str = "trim"
-    k: int = Field(2, ge=1, le=64, description="draft tokens proposed per cycle")
+    k: int = Field(2, ge=1, le=64, description="draft tokens proposed per cycle (the starting k for 'adaptive')")
+    k_policy: str = Field("fixed", description="how k is chosen each cycle: 'fixed' (always k) or 'adaptive'")
+    k_max: int = Field(8, ge=1, le=64, description="largest k the 'adaptive' policy may choose")
     prefix_window: int = Field(4, ge=0, le=256, description="accepted target tokens used as context by 'context' and 'rewind'")
     prompt: str = Field(..., description="the prompt text")
     max_tokens: int = Field(128, ge=1)

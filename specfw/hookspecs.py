@@ -57,3 +57,12 @@ def register_cache_syncs(register: Register) -> None:
     A cache-sync trims the target's KV cache after verification and says how
     much of the accepted history must be forwarded again.
     """
+
+
+@hookspec
+def register_k_policies(register: Register) -> None:
+    """Register k-policy classes (protocol :class:`specfw.protocols.KPolicy`).
+
+    A k policy chooses the number of draft tokens before each cycle, from
+    what earlier cycles cost and yielded.
+    """

@@ -33,12 +33,14 @@ BUILTIN_MODULES = (
     "specfw_plugins.tli",
     "specfw_plugins.verifiers",
     "specfw_plugins.cache_syncs",
+    "specfw_plugins.k_policies",
 )
 HOOK_FOR_KIND = {
     "drafter": "register_drafters",
     "translator": "register_translators",
     "verifier": "register_verifiers",
     "cache_sync": "register_cache_syncs",
+    "k_policy": "register_k_policies",
 }
 
 

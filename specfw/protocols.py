@@ -244,9 +244,59 @@ class CacheSync(Protocol):
     def sync(self, cache: list[Any], cached: int, valid: int) -> int: ...
 
 
+# --------------------------------------------------------------------------- k policy
+
+
+@dataclass
+class KPolicySetup:
+    """What a k policy is built from: the run's settings (``k``, ``k_max``)."""
+
+    config: RunConfig
+
+
+@dataclass
+class CycleReport:
+    """What one speculative cycle cost and yielded, as the k policy is told after it.
+
+    ``k``: draft tokens asked for (0: the cycle did not draft); ``proposed``:
+    target ids sent to verification; ``accepted``: how many were accepted;
+    ``fed``: ids in the target pass (unforwarded accepted ids + proposed);
+    ``draft_s``, ``translate_s``, ``verify_s``: wall-clock seconds of the
+    drafter's propose call (its resync included), of the forward translation, and
+    of the target pass with verification.
+    """
+
+    k: int
+    proposed: int
+    accepted: int
+    fed: int
+    draft_s: float
+    translate_s: float
+    verify_s: float
+
+
+@runtime_checkable
+class KPolicy(Protocol):
+    """Chooses how many draft tokens to propose, cycle by cycle.
+
+    :meth:`choose` is called before every cycle and returns k >= 0 (0: skip
+    drafting, the target steps alone; the scheduler also caps k at the
+    tokens still to generate). :meth:`observe` receives the cycle's
+    :class:`CycleReport` afterwards. Any choice stays lossless: k only
+    changes how much is proposed.
+    """
+
+    name: ClassVar[str]
+
+    def choose(self) -> int: ...
+
+    def observe(self, report: CycleReport) -> None: ...
+
+
 PLUGIN_KINDS: dict[str, type] = {
     "drafter": Drafter,
     "translator": Translator,
     "verifier": Verifier,
     "cache_sync": CacheSync,
+    "k_policy": KPolicy,
 }

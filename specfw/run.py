@@ -16,7 +16,7 @@ from specfw.config import RunConfig
 from specfw.errors import ConfigError, PluginError, SpecfwError
 from specfw.models import LoadedModel, load_model
 from specfw.plugins import Registry, get_registry
-from specfw.protocols import CacheSyncSetup, DrafterSetup, TranslatorSetup, VerifierSetup
+from specfw.protocols import CacheSyncSetup, DrafterSetup, KPolicySetup, TranslatorSetup, VerifierSetup
 from specfw.scheduler import DraftSide, TargetSide, Token, speculative_stream
 from specfw.stats import RunStats
 from specfw.tokenizers import Tokenizer, load_tokenizer, same_vocabulary
@@ -45,6 +45,7 @@ class RunResult:
             "translator": None if c.baseline else c.translator,
             "translator_used": self.translator_used,
             "k": None if c.baseline else c.k,
+            "k_policy": None if c.baseline else c.k_policy,
             "cache_sync": c.cache_sync,
             "verifier": c.verifier_name,
             "prefix_window": c.prefix_window,
@@ -98,6 +99,7 @@ class Run:
         if not config.baseline:
             self.plugin_classes["drafter"] = self.registry.get("drafter", config.drafter).cls
             self.plugin_classes["translator"] = self.registry.get("translator", config.translator).cls
+            self.plugin_classes["k_policy"] = self.registry.get("k_policy", config.k_policy).cls
         self.target, self.draft = self._load_models(target, draft)
         self.target_side = self._target_side()
         self.draft_side = None if config.baseline else self._draft_side()
@@ -112,8 +114,12 @@ class Run:
                 raise ConfigError("--draft needs --target too (or neither, for the default pair)")
             from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
 
-            self.notes.append(f"default pair: target {DEFAULT_TARGET}, drafter {DEFAULT_DRAFT}")
-            c = c.model_copy(update={"target": DEFAULT_TARGET, "draft": DEFAULT_DRAFT})
+            if needs_draft_model or c.baseline:
+                self.notes.append(f"default pair: target {DEFAULT_TARGET}, drafter {DEFAULT_DRAFT}")
+                c = c.model_copy(update={"target": DEFAULT_TARGET, "draft": DEFAULT_DRAFT})
+            else:  # a model-free drafter (lookup) drafts in the target's own vocabulary
+                self.notes.append(f"default target {DEFAULT_TARGET}; drafter '{c.drafter}' needs no draft model")
+                c = c.model_copy(update={"target": DEFAULT_TARGET})
         if target is None:
             target = load_model(c.target, log=self.log)
         if needs_draft_model and draft is None:
@@ -182,7 +188,9 @@ class Run:
         if callable(getattr(translator, "allowed_mask", None)):
             allowed = translator.allowed_mask(_logits_width(draft_model, draft_tok))
         draft_ids = self._prompt_ids(self.draft, draft_tok) if self.draft else prompt_ids(draft_tok, c.prompt)
-        return DraftSide(drafter, translator, draft_tok, draft_ids, c.k, allowed=allowed, draft_probs=draft_probs)
+        k_policy = _build(self.plugin_classes["k_policy"], KPolicySetup(c))
+        return DraftSide(drafter, translator, draft_tok, draft_ids, c.k, allowed=allowed, draft_probs=draft_probs,
+                         k_policy=k_policy)
 
     # -- running -----------------------------------------------------------
 

@@ -23,7 +23,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from specfw.forward import forward_logits, prefill
-from specfw.protocols import Acceptance, CacheSync, Drafter, Proposal, Translator, Verifier
+from specfw.protocols import Acceptance, CacheSync, CycleReport, KPolicy, Drafter, Proposal, Translator, Verifier
 from specfw.stats import RunStats
 from specfw.text import common_prefix_len, complete_utf8_prefix
 from specfw.tokenizers import Tokenizer
@@ -49,6 +49,7 @@ class DraftSide:
     allowed: mx.array | None = None
     # Map the drafter's ``last_probs`` through ``translator.to_target_probs`` and give them to the verifier.
     draft_probs: bool = False
+    k_policy: KPolicy | None = None  # None: always ``k``
 
 
 @dataclass
@@ -94,35 +95,50 @@ def speculative_stream(
         draft_ids: list[int] = []
         proposed: list[int] = []
         draft_logprobs = None
+        k = draft_s = translate_s = 0
         if draft is not None and first_time is not None:
-            k = min(draft.k, max_tokens - stats.generated)
+            k = draft.k if draft.k_policy is None else draft.k_policy.choose()
+            k = max(0, min(k, max_tokens - stats.generated))
+            stats.k_counts[k] = stats.k_counts.get(k, 0) + 1
+        if k:
+            t0 = time.perf_counter()
             draft_ids = draft.drafter.propose(draft_seq[draft_cached:], k, draft.allowed)
+            t1 = time.perf_counter()
             draft_cached = len(draft_seq) + len(draft_ids) - 1
             proposal_bytes = b"".join(map(draft.tokenizer.token_bytes, draft_ids))
             unsynced = bytes(generated_bytes[synced_bytes:])  # a held-back partial character
             new_bytes = proposal_bytes[len(unsynced):] if proposal_bytes.startswith(unsynced) else b""
             proposed = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
+            draft_s, translate_s = t1 - t0, time.perf_counter() - t1
+            stats.host_syncs += 1 if draft_ids else 0  # the drafter hands back a list of ids
             if not proposed:
                 stats.zero_new_cycles += 1
             elif draft.draft_probs:
                 draft_logprobs = _draft_logprobs(draft, len(proposed))
 
         # -- verify: one target pass over the unforwarded accepted ids and the proposal
+        t2 = time.perf_counter()
         if target_alone is not None:
             accepted, next_id = 0, next(target_alone)
+            fed = 1
         else:
             feed = target_ids[cached:] + proposed
+            fed = len(feed)
             logits = forward_logits(target.model, cache, feed, len(proposed) + 1)
             if draft_logprobs is None:
                 accepted, next_id = target.verifier.verify(logits, proposed)
             else:
                 accepted, next_id = target.verifier.verify(logits, proposed, draft_logprobs=draft_logprobs)
             cached += len(feed)
+        stats.host_syncs += 1  # the verifier (or the target-alone step) reads the next id
         new_ids = proposed[:accepted] + [next_id]
         if first_time is not None:
             stats.cycles += 1
             stats.proposed += len(proposed)
             stats.accepted += accepted
+            if draft is not None and draft.k_policy is not None:
+                draft.k_policy.observe(CycleReport(k, len(proposed), accepted, fed, draft_s, translate_s,
+                                                   time.perf_counter() - t2))
 
         # -- emit, stopping at a stop id or at max_tokens
         now = time.perf_counter()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -16,6 +16,11 @@ class RunStats:
     left no target id to verify. ``prompt_s`` is the time to the first
     generated token, ``decode_s`` the time from the first to the last one, and
     ``tps`` is ``(generated - 1) / decode_s`` (prompt excluded, as the paper).
+    ``k_counts``: how many cycles drafted each k (0: the k policy skipped
+    drafting). ``host_syncs``: points where the scheduler waits for the device
+    to hand back ids (the drafter's proposals, the verifier's decision, the
+    target-alone step's id), counted as they happen; per cycle it is 2 with a
+    model drafter, 1 without drafting.
     """
 
     cycles: int = 0
@@ -27,6 +32,8 @@ class RunStats:
     prompt_s: float = 0.0
     decode_s: float = 0.0
     finish_reason: str = ""
+    k_counts: dict[int, int] = field(default_factory=dict)
+    host_syncs: int = 0
 
     @property
     def acceptance_rate(self) -> float:

@@ -1,0 +1,98 @@
+"""k policies: ``fixed`` keeps --k; ``adaptive`` picks the k its measured cost model says is fastest."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, strategies as st
+
+from specfw.config import RunConfig
+from specfw.protocols import CycleReport, KPolicySetup
+from specfw.run import Run
+from specfw_plugins.k_policies import AdaptiveK, FixedK
+
+from conftest import tiny_loaded
+from test_lossless import PAIRS, PROMPTS
+
+
+def _adaptive(k=2, k_max=8) -> AdaptiveK:
+    return AdaptiveK(KPolicySetup(RunConfig(prompt="x", k=k, k_max=k_max, k_policy="adaptive")))
+
+
+def _feed(policy: AdaptiveK, *, alpha: float, draft_per_token: float, verify_base: float, verify_per_id: float,
+          cycles: int = 200, seed: int = 0) -> None:
+    """Simulate cycles of the paper's model: i.i.d. acceptance, linear target pass cost, one id per draft token."""
+    rng = random.Random(seed)
+    for _ in range(cycles):
+        k = policy.choose()
+        accepted = 0
+        while accepted < k and rng.random() < alpha:
+            accepted += 1
+        fed = k + 1
+        policy.observe(CycleReport(k=k, proposed=k, accepted=accepted, fed=fed, draft_s=k * draft_per_token,
+                                   translate_s=0.0, verify_s=verify_base + verify_per_id * fed))
+
+
+def _true_rate(k, alpha, draft_per_token, verify_base, verify_per_id):
+    tokens = (1 - alpha ** (k + 1)) / (1 - alpha)
+    return tokens / (k * draft_per_token + verify_base + verify_per_id * (k + 1))
+
+
+def test_fixed_keeps_k():
+    policy = FixedK(KPolicySetup(RunConfig(prompt="x", k=3)))
+    assert [policy.choose() for _ in range(3)] == [3, 3, 3]
+
+
+@pytest.mark.parametrize(
+    "alpha, draft_per_token, verify_base, verify_per_id",
+    [
+        (0.9, 0.002, 0.100, 0.001),  # cheap drafter, memory-bound target (GPU-like): draft far ahead
+        (0.6, 0.010, 0.100, 0.010),  # middling
+        (0.3, 0.050, 0.100, 0.030),  # costly drafter, poor acceptance, compute-bound target (CPU-like): don't draft
+        (0.75, 0.020, 0.050, 0.020),
+    ],
+)
+def test_adaptive_converges_to_the_cost_models_best_k(alpha, draft_per_token, verify_base, verify_per_id):
+    """Over the last 100 of 400 simulated cycles, its choices yield >= 95% of the best fixed k's rate."""
+    costs = dict(draft_per_token=draft_per_token, verify_base=verify_base, verify_per_id=verify_per_id)
+    policy = _adaptive(k=2, k_max=8)
+    _feed(policy, alpha=alpha, cycles=300, **costs)
+    chosen = []
+    for seed in range(100):
+        chosen.append(policy.choose())
+        _feed(policy, alpha=alpha, cycles=1, seed=1000 + seed, **costs)
+    best = max(_true_rate(k, alpha, **costs) for k in range(9))
+    mean_rate = sum(_true_rate(k, alpha, **costs) for k in chosen) / len(chosen)
+    assert mean_rate >= 0.95 * best, (sorted(set(chosen)), mean_rate / best)
+    assert policy.verify_cost(5) == pytest.approx(verify_base + 5 * verify_per_id, rel=0.1)
+
+
+def test_adaptive_keeps_exploring_when_drafting_does_not_pay():
+    policy = _adaptive(k=2, k_max=4)
+    _feed(policy, alpha=0.05, draft_per_token=0.2, verify_base=0.1, verify_per_id=0.01, cycles=60)
+    choices = [policy.choose() for _ in range(3 * AdaptiveK.explore_every)]
+    assert choices.count(0) >= 2 * AdaptiveK.explore_every
+    assert 1 in choices  # one exploratory draft per explore_every idle cycles
+
+
+@pytest.mark.parametrize("policy", ["fixed", "adaptive"])
+def test_runs_with_each_policy_are_lossless(policy):
+    target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")
+    prompt = "Zażółć gęślą jaźń, a potem"
+    baseline = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=20), target=target).result()
+    config = RunConfig(prompt=prompt, k=2, k_max=4, k_policy=policy, max_tokens=20, translator="context")
+    result = Run(config, target=target, draft=draft).result()
+    assert result.token_ids == baseline.token_ids
+    assert sum(result.stats.k_counts.values()) == result.stats.cycles, "every cycle's k is recorded"
+    assert all(0 <= k <= (4 if policy == "adaptive" else 2) for k in result.stats.k_counts)
+
+
+@pytest.mark.slow
+@given(prompt=PROMPTS, pair=st.sampled_from(PAIRS), translator=st.sampled_from(["none", "naive", "context", "tli"]),
+       max_tokens=st.integers(4, 16))
+def test_adaptive_k_is_lossless_on_random_prompts(prompt, pair, translator, max_tokens):
+    target, draft = tiny_loaded(pair[0]), tiny_loaded(pair[1])
+    baseline = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=max_tokens), target=target).result()
+    config = RunConfig(prompt=prompt, translator=translator, k_policy="adaptive", k=1, k_max=5, max_tokens=max_tokens)
+    assert Run(config, target=target, draft=draft).result().token_ids == baseline.token_ids
