@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from specfw.errors import PluginError
 from specfw.hookspecs import hookimpl
 from specfw.protocols import Acceptance, Proposal, TranslatorSetup
 from specfw.text import (
@@ -259,6 +260,16 @@ class ContextTranslator(_TextBackTranslation):
         self.draft = setup.draft_tokenizer
         self.target = setup.target_tokenizer
         self.window = setup.config.prefix_window
+        option = setup.config.translator_options.get("unstable_share", self.unstable_share)
+        if option in (None, "off", "none", "None"):
+            self.unstable_share = None
+        else:
+            try:
+                self.unstable_share = float(option)
+            except (TypeError, ValueError):
+                raise PluginError(f"translator 'context': unstable_share must be a number in [0, 1] or 'off', got {option!r}") from None
+            if not 0.0 <= self.unstable_share <= 1.0:
+                raise PluginError(f"translator 'context': unstable_share must be in [0, 1], got {self.unstable_share}")
         self.draft_window = setup.config.prefix_window
 
     def to_target(self, proposal: Proposal) -> list[int]:

@@ -33,6 +33,8 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--draft", help="draft model: known name, local MLX folder, or Hugging Face id")
     p.add_argument("--drafter", default="mlx", help="drafter plugin (default: mlx)")
     p.add_argument("--translator", default="context", help="translator plugin: none, naive, context, tli, ... (default: context)")
+    p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a translator setting, repeatable (context: unstable_share=0.4 by default, 'off' proposes every id)")
     p.add_argument("--k", type=int, default=2, help="draft tokens per cycle; the starting k for --k-policy adaptive (default: 2)")
     p.add_argument("--k-policy", default="fixed", help="k policy plugin: fixed (always --k) or adaptive (chooses 0..--k-max each cycle from measured costs) (default: fixed)")
     p.add_argument("--k-max", type=int, default=8, help="largest k the adaptive policy may choose (default: 8)")
@@ -134,6 +136,8 @@ def _add_fidelity_parser(sub) -> None:
     p.add_argument("--prefix-window", type=int, default=4, help="translation context window W (default: 4)")
     p.add_argument("--limit", type=int, help="first N texts of each --text source")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a translator setting, as for specfw run (e.g. unstable_share=off)")
     p.set_defaults(func=cmd_fidelity)
 
 
@@ -202,6 +206,16 @@ def _read_prompt(args) -> str:
         raise SpecfwError(f"cannot read prompt file '{path}': {exc}") from None
 
 
+def _key_values(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecfwError(f"{flag} expects KEY=VALUE, got '{item}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def cmd_run(args) -> int:
     from specfw.blas import blas_in_use
     from specfw.config import RunConfig
@@ -214,6 +228,7 @@ def cmd_run(args) -> int:
         draft=args.draft,
         drafter=args.drafter,
         translator=args.translator,
+        translator_options=_key_values(args.translator_option, "--translator-option"),
         verifier=args.verifier,
         cache_sync=args.cache_sync,
         k=args.k,
@@ -344,7 +359,8 @@ def cmd_fidelity(args) -> int:
     target = load_tokenizer(args.target_tokenizer)
     texts = load_texts(args.texts, args.limit)
     report = run_fidelity(draft, target, texts, ks, args.translators, args.prefix_window,
-                          progress=sys.stderr.isatty() and len(texts) >= 20)
+                          progress=sys.stderr.isatty() and len(texts) >= 20,
+                          translator_options=_key_values(args.translator_option, "--translator-option"))
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
         return 0

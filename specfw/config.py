@@ -24,6 +24,7 @@ class RunConfig(BaseModel):
     drafter: str = "mlx"
     drafter_options: dict[str, Any] = Field(default_factory=dict)
     translator: str = "context"
+    translator_options: dict[str, Any] = Field(default_factory=dict)
     verifier: Optional[str] = None
     cache_sync: str = "trim"
     k: int = Field(2, ge=1, le=64, description="draft tokens proposed per cycle (the starting k for 'adaptive')")

@@ -429,14 +429,16 @@ def replay_text(
 # --------------------------------------------------------------------------- translators and texts
 
 
-def build_translator(name: str, draft: Tokenizer, target: Tokenizer, k: int, prefix_window: int, registry=None):
+def build_translator(name: str, draft: Tokenizer, target: Tokenizer, k: int, prefix_window: int, registry=None,
+                     options: dict | None = None):
     """A translator from the plugin registry, built as ``specfw run`` builds it (same setup and config)."""
     from specfw.config import RunConfig
     from specfw.plugins import get_registry
     from specfw.run import _build
 
     registry = registry or get_registry()
-    config = RunConfig(prompt=_PLACEHOLDER_PROMPT, translator=name, k=k, prefix_window=prefix_window)
+    config = RunConfig(prompt=_PLACEHOLDER_PROMPT, translator=name, k=k, prefix_window=prefix_window,
+                       translator_options=dict(options or {}))
     return _build(registry.get("translator", name).cls, TranslatorSetup(draft, target, config))
 
 
@@ -541,6 +543,7 @@ def run_fidelity(
     prefix_window: int = 4,
     registry=None,
     progress: bool = False,
+    translator_options: dict | None = None,
 ) -> FidelityReport:
     """Replay every text for every translator and draft length and sum the counters.
 
@@ -590,7 +593,7 @@ def run_fidelity(
             results: list[FidelityResult] = []
             for k in ks:
                 try:
-                    translator = build_translator(name, draft, target, k, prefix_window, registry)
+                    translator = build_translator(name, draft, target, k, prefix_window, registry, translator_options)
                 except SpecfwError as err:
                     report.skipped[name] = str(err)
                     break

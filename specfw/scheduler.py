@@ -136,9 +136,12 @@ def speculative_stream(
             stats.cycles += 1
             stats.proposed += len(proposed)
             stats.accepted += accepted
+            verify_s = time.perf_counter() - t2
+            stats.draft_s += draft_s
+            stats.translate_s += translate_s
+            stats.verify_s += verify_s
             if draft is not None and draft.k_policy is not None:
-                draft.k_policy.observe(CycleReport(k, len(proposed), accepted, fed, draft_s, translate_s,
-                                                   time.perf_counter() - t2))
+                draft.k_policy.observe(CycleReport(k, len(proposed), accepted, fed, draft_s, translate_s, verify_s))
 
         # -- emit, stopping at a stop id or at max_tokens
         now = time.perf_counter()
@@ -167,11 +170,13 @@ def speculative_stream(
         cached = target.cache_sync.sync(cache, cached, len(target_ids) - 1)
 
         # -- back-translate the accepted text and trim the drafter to what still agrees
+        t3 = time.perf_counter()
         complete = complete_utf8_prefix(generated_bytes[synced_bytes:])
         synced_bytes += len(complete)
         keep, append = draft.translator.to_draft(
             Acceptance(new_ids, complete.decode("utf-8", errors="replace"), draft_seq)
         )
+        stats.translate_s += time.perf_counter() - t3
         old_seq = draft_seq + draft_ids
         draft_seq = draft_seq[:keep] + append
         # The drafter must always have at least one pending id to forward.

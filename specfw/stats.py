@@ -20,7 +20,10 @@ class RunStats:
     drafting). ``host_syncs``: points where the scheduler waits for the device
     to hand back ids (the drafter's proposals, the verifier's decision, the
     target-alone step's id), counted as they happen; per cycle it is 2 with a
-    model drafter, 1 without drafting.
+    model drafter, 1 without drafting. ``draft_s``, ``translate_s`` and
+    ``verify_s`` add up, over the cycles after the first token, the drafter's
+    propose calls, both translations, and the target passes with
+    verification (the target-alone path: its steps).
     """
 
     cycles: int = 0
@@ -33,6 +36,9 @@ class RunStats:
     decode_s: float = 0.0
     finish_reason: str = ""
     k_counts: dict[int, int] = field(default_factory=dict)
+    draft_s: float = 0.0
+    translate_s: float = 0.0
+    verify_s: float = 0.0
     host_syncs: int = 0
 
     @property

@@ -13,6 +13,7 @@ from specfw.tokenizers import load_tokenizer
 from specfw_plugins.lookup import LookupDrafter
 
 from conftest import tiny_loaded
+from test_lossless import PROMPTS
 
 
 def _drafter(**options) -> LookupDrafter:
@@ -80,3 +81,14 @@ def test_lookup_runs_are_lossless(model, k):
     assert result.translator_used == "identity"
     assert result.token_ids == baseline.token_ids
     assert result.stats.accepted <= result.stats.proposed
+
+
+@pytest.mark.slow
+@given(prompt=PROMPTS, model=st.sampled_from(["mistral", "qwen", "llama3"]), k=st.integers(1, 6),
+       max_tokens=st.integers(4, 20))
+def test_lookup_is_lossless_on_random_prompts(prompt, model, k, max_tokens):
+    """The prompt doubled, so lookup finds matches and its proposals are really verified."""
+    target = tiny_loaded(model)
+    config = RunConfig(prompt=prompt + prompt, drafter="lookup", k=k, max_tokens=max_tokens)
+    doubled = RunConfig(prompt=prompt + prompt, baseline=True, max_tokens=max_tokens)
+    assert Run(config, target=target).result().token_ids == Run(doubled, target=target).result().token_ids

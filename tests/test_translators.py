@@ -374,3 +374,24 @@ def test_text_helpers():
     assert spelled_prefix([b"ab", b"c", b"x"], b"abcd") == (2, 3)
     assert spelled_prefix([b"c", b"d"], b"abcd", 2) == (2, 4)
     assert spelled_prefix([b"", b"a"], b"a") == (0, 0)
+
+
+def test_unstable_share_is_a_translator_option():
+    from specfw.config import RunConfig
+    from specfw.errors import PluginError
+    from specfw.protocols import TranslatorSetup
+    from specfw.tokenizers import load_tokenizer
+    from specfw_plugins.translators import ContextTranslator
+
+    draft, target = load_tokenizer("qwen2.5"), load_tokenizer("mistral-v0.1")
+
+    def build(options):
+        return ContextTranslator(TranslatorSetup(draft, target, RunConfig(prompt="x", translator_options=options)))
+
+    assert build({}).unstable_share == ContextTranslator.unstable_share
+    assert build({"unstable_share": "off"}).unstable_share is None
+    assert build({"unstable_share": "0.25"}).unstable_share == 0.25
+    with pytest.raises(PluginError, match="unstable_share"):
+        build({"unstable_share": "lots"})
+    with pytest.raises(PluginError, match=r"\[0, 1\]"):
+        build({"unstable_share": 2})
