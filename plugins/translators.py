@@ -29,7 +29,7 @@ from specfw.text import (
     leading_continuation_bytes,
     spelled_prefix,
 )
-from specfw.tokenizers import Tokenizer
+from specfw.tokenizers import Tokenizer, single_byte_ids
 
 # A window is extended back to a word start by at most this many extra ids.
 WORD_START_REACH = 16
@@ -50,28 +50,6 @@ PROBE_LETTERS: tuple[tuple[str, float], ...] = tuple(
     )
 )
 _PROBE_TOTAL = sum(weight for _, weight in PROBE_LETTERS)
-
-_SINGLE_BYTE: dict[str, dict[int, int]] = {}
-
-
-def single_byte_ids(tok: Tokenizer) -> dict[int, int]:
-    """Map byte → id of a (non-special) token whose bytes are exactly that byte.
-
-    Sentencepiece vocabularies with byte fallback have ``<0x00>``..``<0xFF>``
-    (for an ASCII byte the ordinary piece, listed after the byte pieces, is
-    preferred); byte-level BPE vocabularies have every byte. Built once per
-    vocabulary (keyed by its fingerprint) from :meth:`Tokenizer.token_bytes`.
-    """
-    table = _SINGLE_BYTE.get(tok.fingerprint)
-    if table is None:
-        table = {}
-        for i in range(tok.vocab_size):
-            piece = tok.token_bytes(i)
-            if len(piece) == 1 and not tok.is_special(i):
-                table[piece[0]] = i  # the last id wins
-        _SINGLE_BYTE[tok.fingerprint] = table
-    return table
-
 
 def _is_text_id(tok: Tokenizer, token_id: int) -> bool:
     return 0 <= token_id < tok.vocab_size and not tok.is_special(token_id)

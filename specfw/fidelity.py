@@ -46,7 +46,7 @@ from typing import Iterable, Sequence
 from specfw.errors import ConfigError, SpecfwError
 from specfw.protocols import Acceptance, Proposal, Translator, TranslatorSetup
 from specfw.text import common_prefix_len, complete_utf8_prefix
-from specfw.tokenizers import Tokenizer, decode_bytes, same_vocabulary
+from specfw.tokenizers import Tokenizer, decode_bytes, same_vocabulary, single_byte_ids
 
 __all__ = [
     "DEFAULT_TRANSLATORS",
@@ -208,7 +208,7 @@ class PerfectDrafter:
             lead += 1
         ids: list[int] = []
         if lead:
-            single = _single_byte_ids(self.tokenizer)
+            single = single_byte_ids(self.tokenizer)
             for byte in rest[:lead]:
                 if byte not in single:
                     return ids  # no token spells this byte alone: propose what there is
@@ -286,22 +286,6 @@ class AllowedVocabulary:
             if token_id is not None:
                 return token_id
         return None
-
-
-_SINGLE_BYTE_IDS: dict[str, dict[int, int]] = {}
-
-
-def _single_byte_ids(tokenizer: Tokenizer) -> dict[int, int]:
-    """Byte value -> an id whose bytes are exactly that byte (byte-level tokens, sentencepiece ``<0xNN>``)."""
-    table = _SINGLE_BYTE_IDS.get(tokenizer.fingerprint)
-    if table is None:
-        table = {}
-        for token_id in range(tokenizer.vocab_size):
-            raw = tokenizer.token_bytes(token_id)
-            if len(raw) == 1 and not tokenizer.is_special(token_id):
-                table.setdefault(raw[0], token_id)
-        _SINGLE_BYTE_IDS[tokenizer.fingerprint] = table
-    return table
 
 
 # --------------------------------------------------------------------------- one text

@@ -114,6 +114,28 @@ def decode_bytes(tok: Tokenizer, ids: Iterable[int]) -> bytes:
     return b"".join(map(tok.token_bytes, ids))
 
 
+_SINGLE_BYTE: dict[str, dict[int, int]] = {}
+
+
+def single_byte_ids(tok: Tokenizer) -> dict[int, int]:
+    """Map byte → id of a (non-special) token whose bytes are exactly that byte.
+
+    Sentencepiece vocabularies with byte fallback have ``<0x00>``..``<0xFF>``
+    (for an ASCII byte the ordinary piece, listed after the byte pieces, is
+    preferred); byte-level BPE vocabularies have every byte. Built once per
+    vocabulary (keyed by its fingerprint) from :meth:`Tokenizer.token_bytes`.
+    """
+    table = _SINGLE_BYTE.get(tok.fingerprint)
+    if table is None:
+        table = {}
+        for i in range(tok.vocab_size):
+            piece = tok.token_bytes(i)
+            if len(piece) == 1 and not tok.is_special(i):
+                table[piece[0]] = i  # the last id wins
+        _SINGLE_BYTE[tok.fingerprint] = table
+    return table
+
+
 def same_vocabulary(a: Tokenizer, b: Tokenizer) -> bool:
     """True when ids can be passed between ``a`` and ``b`` unchanged."""
     return a.fingerprint == b.fingerprint

@@ -7,7 +7,6 @@ paths are exercised without touching the real model packages.
 from __future__ import annotations
 
 import hashlib
-import sys
 
 import pytest
 

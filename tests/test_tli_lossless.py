@@ -30,7 +30,6 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
-from scipy.stats import chi2_contingency
 
 from specfw.config import RunConfig
 from specfw.run import Run, prompt_ids
@@ -40,17 +39,8 @@ from specfw_plugins.verifiers import SpeculativeVerifier
 
 from conftest import tiny_loaded
 
-CACHE_SYNCS = ["trim", "rewind"]
-KS = [1, 2, 3, 4]
-PAIRS = [("mistral", "qwen"), ("mistral", "llama3"), ("qwen", "mistral")]
-
-FRAGMENTS = st.one_of(
-    st.text(alphabet="aąbcćdeęfghijklłmnńoóprsśtuwyzźżAĄĆĘŁŃÓŚŹŻ ", min_size=1, max_size=12),
-    st.text(alphabet="漢字仮名한국어😀🎉👍🏽 \n", min_size=1, max_size=4),
-    st.sampled_from(["<s>", "</s>", "<|endoftext|>", "[INST]", "[/INST]", "   ", "\n\n", "\t", " w Warszawie", "Zażółć"]),
-    st.text(min_size=1, max_size=6),
-)
-PROMPTS = st.lists(FRAGMENTS, min_size=1, max_size=5).map("".join).filter(lambda s: s.strip() != "")
+from test_lossless import CACHE_SYNCS, KS, PAIRS, PROMPTS
+from test_sampling import _chi2_p
 
 
 def _baseline(target, prompt: str, max_tokens: int, **sampling):
@@ -189,19 +179,6 @@ class EchoDrafter:
     def trim(self, n):
         if n:
             del self.context[-n:]
-
-
-def _chi2_p(a: list, b: list) -> float:
-    counts_a, counts_b = Counter(a), Counter(b)
-    keys = sorted(set(counts_a) | set(counts_b), key=lambda x: -(counts_a[x] + counts_b[x]))
-    big = [x for x in keys if counts_a[x] + counts_b[x] >= 10]
-    rows = [[counts_a[x] for x in big] + [sum(counts_a[x] for x in keys if x not in big)],
-            [counts_b[x] for x in big] + [sum(counts_b[x] for x in keys if x not in big)]]
-    table = np.array(rows)
-    table = table[:, table.sum(axis=0) > 0]
-    if table.shape[1] < 2:
-        return 1.0
-    return chi2_contingency(table)[1]
 
 
 def _echo_tokens(target, draft, seed, argmax=False):

@@ -33,12 +33,11 @@ from specfw.text import (
     leading_continuation_bytes,
     spelled_prefix,
 )
-from specfw.tokenizers import decode_bytes, load_tokenizer
+from specfw.tokenizers import decode_bytes, load_tokenizer, single_byte_ids
 from specfw_plugins.translators import (
     ContextTranslator,
     NaiveTranslator,
     NoTranslation,
-    single_byte_ids,
     window_start,
 )
 
