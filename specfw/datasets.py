@@ -123,13 +123,19 @@ def _load_bundled_jsonl(name: str) -> list[PromptItem]:
     return _parse_jsonl(text.splitlines(), dataset=name, source=f"bundled {_BUNDLED_FILES[name]}")
 
 
-def _load_jsonl_file(path: Path) -> list[PromptItem]:
+def _read_text(path: Path) -> str:
+    """A UTF-8 file's text (a BOM dropped); one-line errors for bytes that are not UTF-8 or a failed read."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise SpecfwError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except OSError as err:
         raise SpecfwError(f"{path}: cannot read ({err.strerror or err})") from err
+    return text
+
+
+def _load_jsonl_file(path: Path) -> list[PromptItem]:
+    text = _read_text(path)
     return _parse_jsonl(text.splitlines(), dataset=path.stem, source=str(path))
 
 
@@ -298,12 +304,7 @@ def _table_items(name: str, source: str, columns: Sequence[str], rows: Iterable[
 
 def _read_plain_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     """Rows of a json (array or JSON lines), jsonl, csv or tsv file, read with the standard library."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise SpecfwError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
-    except OSError as err:
-        raise SpecfwError(f"{path}: cannot read ({err.strerror or err})") from err
+    text = _read_text(path)
     suffix = path.suffix.lower()
     rows: list[dict[str, Any]]
     if suffix in (".csv", ".tsv"):
