@@ -45,13 +45,15 @@ class AdaptiveK:
     paper's i.i.d. model) at cost ``k t_d + t_x + t_v(m + 1)``; k = 0 yields
     one token at cost ``t_v(1)``. It picks the k with the most tokens per
     second. To keep learning, it starts at ``--k``, and after ``explore_every``
-    cycles without drafting (``drafter_options`` do not apply; this is a
-    policy setting, default 8) it drafts one cycle with k = 1.
+    (8) cycles without drafting it drafts one cycle with k = 1; while drafting
+    keeps not paying, the wait doubles after each such cycle, up to
+    ``explore_max`` (128), and it drops back to 8 once drafting is chosen.
     """
 
     name = "adaptive"
     DECAY = 0.95
     explore_every = 8
+    explore_max = 128
 
     def __init__(self, setup: KPolicySetup) -> None:
         config = setup.config
@@ -65,6 +67,7 @@ class AdaptiveK:
         # weighted sums for the least-squares line t_v(n) = a + b n
         self._w = self._wn = self._wnn = self._wt = self._wnt = 0.0
         self.idle = 0
+        self.explore_interval = self.explore_every
 
     # -- estimates ---------------------------------------------------------
 
@@ -107,11 +110,14 @@ class AdaptiveK:
         best = max(rates, key=lambda k: (rates[k], -k))
         if best == 0:
             self.idle += 1
-            if self.idle >= self.explore_every:
+            if self.idle >= self.explore_interval:
+                # each exploration that still finds drafting unprofitable makes the next one twice as rare
                 self.idle = 0
+                self.explore_interval = min(2 * self.explore_interval, self.explore_max)
                 return 1
         else:
             self.idle = 0
+            self.explore_interval = self.explore_every
         return best
 
     def observe(self, report: CycleReport) -> None:

@@ -69,11 +69,25 @@ def test_adaptive_converges_to_the_cost_models_best_k(alpha, draft_per_token, ve
 
 
 def test_adaptive_keeps_exploring_when_drafting_does_not_pay():
+    """Explorations (k = 1) keep coming while k = 0 wins, ever rarer: waits of 8, 16, 32, ... up to 128 cycles."""
     policy = _adaptive(k=2, k_max=4)
-    _feed(policy, alpha=0.05, draft_per_token=0.2, verify_base=0.1, verify_per_id=0.01, cycles=60)
-    choices = [policy.choose() for _ in range(3 * AdaptiveK.explore_every)]
-    assert choices.count(0) >= 2 * AdaptiveK.explore_every
-    assert 1 in choices  # one exploratory draft per explore_every idle cycles
+    _feed(policy, alpha=0.05, draft_per_token=0.2, verify_base=0.1, verify_per_id=0.01, cycles=20)
+    choices = [policy.choose() for _ in range(1000)]  # no observations: the estimates stay where they are
+    explored = [i for i, k in enumerate(choices) if k]
+    assert set(choices) == {0, 1}
+    gaps = [b - a for a, b in zip(explored, explored[1:])]
+    assert all(b == min(2 * a, AdaptiveK.explore_max) for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] == AdaptiveK.explore_max
+
+
+def test_adaptive_returns_to_drafting_when_acceptance_rises():
+    """Rare explorations still notice a text that became easy to draft, and the short wait comes back."""
+    costs = dict(draft_per_token=0.01, verify_base=0.1, verify_per_id=0.005)
+    policy = _adaptive(k=2, k_max=4)
+    _feed(policy, alpha=0.05, cycles=300, **costs)
+    assert policy.choose() == 0 and policy.explore_interval == AdaptiveK.explore_max
+    _feed(policy, alpha=0.95, cycles=1500, seed=1, **costs)
+    assert policy.choose() >= 2 and policy.explore_interval == AdaptiveK.explore_every
 
 
 @pytest.mark.parametrize("policy", ["fixed", "adaptive"])
