@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 DEFAULT_TRANSLATORS: tuple[str, ...] = ("none", "naive", "context", "tli")
-"""Measured when no list is given; one that refuses to start (``tli`` today) is reported as skipped."""
+"""Measured when no list is given; one that refuses to start (a third-party one, say) is reported as skipped."""
 
 _PLACEHOLDER_PROMPT = "(specfw fidelity)"  # RunConfig needs a prompt; no translator reads it
 
