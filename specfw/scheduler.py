@@ -110,7 +110,8 @@ def speculative_stream(
             new_bytes = proposal_bytes[len(unsynced):] if proposal_bytes.startswith(unsynced) else b""
             proposed = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
             draft_s, translate_s = t1 - t0, time.perf_counter() - t1
-            stats.host_syncs += 1 if draft_ids else 0  # the drafter hands back a list of ids
+            if draft_ids and draft.drafter.needs_model:
+                stats.host_syncs += 1  # the model drafter hands its ids back from the device
             if not proposed:
                 stats.zero_new_cycles += 1
             elif draft.draft_probs:

@@ -20,7 +20,7 @@ class RunStats:
     drafting). ``host_syncs``: points where the scheduler waits for the device
     to hand back ids (the drafter's proposals, the verifier's decision, the
     target-alone step's id), counted as they happen; per cycle it is 2 with a
-    model drafter, 1 without drafting. ``draft_s``, ``translate_s`` and
+    model drafter, 1 without drafting or with a model-free drafter (lookup). ``draft_s``, ``translate_s`` and
     ``verify_s`` add up, over the cycles after the first token, the drafter's
     propose calls, both translations, and the target passes with
     verification (the target-alone path: its steps).
