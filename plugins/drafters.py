@@ -12,7 +12,13 @@ from specfw.errors import PluginError
 from specfw.forward import PREFILL_CHUNK, prefill
 from specfw.hookspecs import hookimpl
 from specfw.protocols import DrafterSetup
+from specfw_plugins.draft_model_options import RestrictedHead, head_ids, quantized_copy
 from specfw_plugins.verifiers import filtered_logits
+
+
+def _logits_width(model, fallback: int) -> int:
+    width = getattr(getattr(model, "args", None), "vocab_size", None)
+    return width if isinstance(width, int) and width > 0 else fallback
 
 
 class MLXDrafter:
@@ -31,9 +37,24 @@ class MLXDrafter:
 
     name = "mlx"
     needs_model = True
+    option_names = ("quantize", "head")
 
     def __init__(self, setup: DrafterSetup) -> None:
         self.model = setup.model
+        options = setup.options
+        if "quantize" in options:
+            try:
+                bits = int(options["quantize"])
+            except (TypeError, ValueError):
+                raise PluginError(f"drafter 'mlx': quantize must be 4 or 8, got '{options['quantize']}'") from None
+            self.model = quantized_copy(self.model, bits)
+        self.head: RestrictedHead | None = None
+        self._head_from_mask = False
+        if "head" in options:
+            ids = head_ids(str(options["head"]), _logits_width(self.model, setup.vocab_size))
+            self._head_from_mask = ids is None
+            if ids is not None:
+                self.head = RestrictedHead(self.model, ids)
         self.cache: list = []
         config = setup.config
         self.sample = bool(setup.sample) and config.temp > 0
@@ -71,17 +92,31 @@ class MLXDrafter:
         y = mx.array(ids)
         proposals = []
         probs = []
+        head = self.head
+        if head is None and self._head_from_mask and allowed is not None:
+            mask = self._fit(allowed, _logits_width(self.model, allowed.shape[0]))
+            head = self.head = RestrictedHead(self.model, [i for i, ok in enumerate(mask.tolist()) if ok])
         for _ in range(k):
-            logits = self.model(y[None], cache=self.cache)[0, -1]
-            if allowed is not None:
-                logits = mx.where(self._fit(allowed, logits.shape[-1]), logits, -mx.inf)
+            if head is None:
+                logits = self.model(y[None], cache=self.cache)[0, -1]
+                if allowed is not None:
+                    logits = mx.where(self._fit(allowed, logits.shape[-1]), logits, -mx.inf)
+            else:
+                logits = head(self.model, y[None], self.cache)[0, -1]
+                if allowed is not None:
+                    logits = mx.where(head.mask(self._fit(allowed, head.width)), logits, -mx.inf)
             if self.sample:
                 logits = filtered_logits(logits, self.temp, self.top_p)
                 self.key, draw_key = mx.random.split(self.key)
                 y = mx.random.categorical(logits, key=draw_key).reshape(1)
-                probs.append(mx.softmax(logits, axis=-1))
+                p = mx.softmax(logits, axis=-1)
+                if head is not None:  # back to a row over every draft id (0 outside the head)
+                    p = mx.zeros((head.width,), p.dtype).at[head.ids].add(p)
+                probs.append(p)
             else:
                 y = mx.argmax(logits, axis=-1, keepdims=True)
+            if head is not None:
+                y = head.to_full(y)  # restricted index -> draft id (the distribution stays over the subset)
             mx.async_eval(y)  # overlap this step's compute with building the next
             proposals.append(y)
         self.last_probs = mx.stack(probs) if probs else None
@@ -102,6 +137,7 @@ class ReplayDrafter:
 
     name = "replay"
     needs_model = False
+    option_names = ("reference", "corrupt_rate", "seed")
 
     def __init__(self, setup: DrafterSetup) -> None:
         options = setup.options

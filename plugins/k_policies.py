@@ -7,6 +7,8 @@ what the cycle cost and yielded (:class:`specfw.protocols.CycleReport`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from specfw.hookspecs import hookimpl
 from specfw.protocols import CycleReport, KPolicySetup
 
@@ -19,60 +21,81 @@ class FixedK:
     def __init__(self, setup: KPolicySetup) -> None:
         self.k = setup.config.k
 
-    def choose(self) -> int:
+    def choose(self, source: str = "draft") -> int:
         return self.k
 
     def observe(self, report: CycleReport) -> None:
         pass
 
 
+@dataclass
+class _SourceEstimate:
+    """What the adaptive policy knows about one proposal source (the drafter's model, or a target-vocabulary part)."""
+
+    draft_per_token: float | None = None  # seconds per draft token asked for
+    translate_s: float = 0.0
+    accepted: float = 1.0  # pseudo-counts: start from α = 0.5
+    rejected: float = 1.0
+    ratio: float = 1.0  # target ids proposed per draft token
+    idle: int = 0  # cycles since this source last drafted
+    explore_cost: float = 0.0  # seconds explorations cost beyond a plain step, in total
+    explored: int = 0
+
+    def alpha(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+
 class AdaptiveK:
-    """Chooses k in 0..``--k-max`` each cycle to maximise expected tokens per second.
+    """Chooses k in 0..``--k-max`` each cycle, per proposal source, to maximise expected tokens per second.
 
-    It keeps running estimates (exponentially weighted, so they follow the
-    text) of:
+    For each source (``draft``: the drafter's model, translated; ``target``: a
+    combined drafter's target-vocabulary part such as ``lookup``) it keeps
+    running estimates (exponentially weighted, so they follow the text) of:
 
-    * the drafter's cost per proposed token ``t_d`` (propose time / k,
-      back-translation resync included) and the translation cost ``t_x``;
-    * the target pass cost as a line in the number of fed ids,
-      ``t_v(n) = a + b n``, fitted by weighted least squares on the cycles seen;
+    * the cost per proposed draft token ``t_d`` (propose time / k, the
+      drafter's catch-up included) and the translation cost ``t_x``;
     * the per-token acceptance probability ``α`` (accepted / (accepted +
       rejections)), and ``ρ``, target ids proposed per draft token (translation
-      changes the count).
+      changes the count);
+
+    and, shared by all sources, the target pass cost as a line in the number of
+    fed ids, ``t_v(n) = a + b n``, fitted by weighted least squares on every
+    cycle (plain steps included).
 
     With these, a cycle proposing k draft tokens verifies ``m = ρk`` target ids
     and yields ``E(k) = (1 − α^(m+1)) / (1 − α)`` tokens on average (the
     paper's i.i.d. model) at cost ``k t_d + t_x + t_v(m + 1)``; k = 0 yields
     one token at cost ``t_v(1)``. It picks the k with the most tokens per
-    second. To keep learning, it starts at ``--k``, and after ``explore_every``
-    (8) cycles without drafting it drafts one cycle with k = 1; while drafting
-    keeps not paying, the wait doubles after each such cycle, up to
-    ``explore_max`` (128), and it drops back to 8 once drafting is chosen.
+    second. It starts at ``--k`` for each source. While k = 0 wins, it still
+    explores with k = 1 now and then, so that a text that became easy to draft
+    is noticed; what explorations cost beyond the plain steps they replace is
+    bounded: after at least ``explore_every`` (8) idle cycles, a source is
+    explored only while its explorations have cost at most ``explore_budget``
+    (1%) of the time spent so far.
     """
 
     name = "adaptive"
     DECAY = 0.95
     explore_every = 8
-    explore_max = 128
+    explore_budget = 0.01
 
     def __init__(self, setup: KPolicySetup) -> None:
         config = setup.config
         self.k_max = max(config.k_max, 1)
         self.k = min(config.k, self.k_max)
-        self.draft_per_token = None  # seconds
-        self.translate_s = 0.0
-        self.accepted = 1.0  # pseudo-counts: start from α = 0.5
-        self.rejected = 1.0
-        self.ratio = 1.0
+        self.sources: dict[str, _SourceEstimate] = {}
         # weighted sums for the least-squares line t_v(n) = a + b n
         self._w = self._wn = self._wnn = self._wt = self._wnt = 0.0
-        self.idle = 0
-        self.explore_interval = self.explore_every
+        self.elapsed = 0.0  # seconds of every observed cycle
+        self._exploring: set[str] = set()
+
+    def source(self, name: str = "draft") -> _SourceEstimate:
+        return self.sources.setdefault(name, _SourceEstimate())
 
     # -- estimates ---------------------------------------------------------
 
-    def alpha(self) -> float:
-        return self.accepted / (self.accepted + self.rejected)
+    def alpha(self, source: str = "draft") -> float:
+        return self.source(source).alpha()
 
     def verify_cost(self, n: float) -> float | None:
         """Estimated seconds of a target pass over ``n`` ids, or None before any observation."""
@@ -86,43 +109,51 @@ class AdaptiveK:
             slope = max(slope, 0.0) if var > 1e-9 else mean_t / max(mean_n, 1.0) * 0.5
         return max(mean_t + slope * (n - mean_n), 1e-9)
 
-    def expected_rate(self, k: int) -> float | None:
-        """Expected generated tokens per second when proposing ``k`` draft tokens."""
+    def expected_rate(self, k: int, source: str = "draft") -> float | None:
+        """Expected generated tokens per second when ``source`` proposes ``k`` draft tokens."""
         base = self.verify_cost(1)
         if base is None:
             return None
         if k == 0:
             return 1.0 / base
-        if self.draft_per_token is None:
+        est = self.source(source)
+        if est.draft_per_token is None:
             return None
-        alpha = min(self.alpha(), 0.999)
-        m = self.ratio * k
+        alpha = min(est.alpha(), 0.999)
+        m = est.ratio * k
         tokens = (1 - alpha ** (m + 1)) / (1 - alpha)
-        cost = k * self.draft_per_token + self.translate_s + self.verify_cost(m + 1)
+        cost = k * est.draft_per_token + est.translate_s + self.verify_cost(m + 1)
         return tokens / cost
 
     # -- protocol ----------------------------------------------------------
 
-    def choose(self) -> int:
-        rates = {k: self.expected_rate(k) for k in range(0, self.k_max + 1)}
+    def choose(self, source: str = "draft") -> int:
+        est = self.source(source)
+        rates = {k: self.expected_rate(k, source) for k in range(0, self.k_max + 1)}
         if any(r is None for r in rates.values()):
             return self.k  # not enough measured yet: keep the starting k
         best = max(rates, key=lambda k: (rates[k], -k))
-        if best == 0:
-            self.idle += 1
-            if self.idle >= self.explore_interval:
-                # each exploration that still finds drafting unprofitable makes the next one twice as rare
-                self.idle = 0
-                self.explore_interval = min(2 * self.explore_interval, self.explore_max)
-                return 1
-        else:
-            self.idle = 0
-            self.explore_interval = self.explore_every
-        return best
+        if best:
+            est.idle = 0
+            return best
+        est.idle += 1
+        if est.idle >= self.explore_every and est.explore_cost <= self.explore_budget * self.elapsed:
+            est.idle = 0
+            self._exploring.add(source)
+            return 1
+        return 0
 
     def observe(self, report: CycleReport) -> None:
         d = self.DECAY
         n = report.fed
+        cycle_s = report.draft_s + report.translate_s + report.verify_s
+        self.elapsed += cycle_s
+        if report.source in self._exploring and report.k:
+            self._exploring.discard(report.source)
+            plain = self.verify_cost(1) or 0.0
+            est = self.source(report.source)
+            est.explored += 1
+            est.explore_cost += max(0.0, cycle_s - plain * (report.accepted + 1))
         self._w = d * self._w + 1
         self._wn = d * self._wn + n
         self._wnn = d * self._wnn + n * n
@@ -130,13 +161,14 @@ class AdaptiveK:
         self._wnt = d * self._wnt + n * report.verify_s
         if report.k == 0:
             return
+        est = self.source(report.source)
         per_token = report.draft_s / report.k
-        self.draft_per_token = per_token if self.draft_per_token is None else d * self.draft_per_token + (1 - d) * per_token
-        self.translate_s = d * self.translate_s + (1 - d) * report.translate_s
-        self.ratio = d * self.ratio + (1 - d) * (report.proposed / report.k)
+        est.draft_per_token = per_token if est.draft_per_token is None else d * est.draft_per_token + (1 - d) * per_token
+        est.translate_s = d * est.translate_s + (1 - d) * report.translate_s
+        est.ratio = d * est.ratio + (1 - d) * (report.proposed / report.k)
         if report.proposed:
-            self.accepted = d * self.accepted + report.accepted
-            self.rejected = d * self.rejected + (1 if report.accepted < report.proposed else 0)
+            est.accepted = d * est.accepted + report.accepted
+            est.rejected = d * est.rejected + (1 if report.accepted < report.proposed else 0)
 
 
 @hookimpl

@@ -29,6 +29,7 @@ class LookupDrafter:
 
     name = "lookup"
     needs_model = False
+    option_names = ("max_ngram", "min_ngram")
 
     def __init__(self, setup: DrafterSetup) -> None:
         options = setup.options

@@ -166,10 +166,28 @@ class Registry:
 
     def get(self, kind: str, name: str) -> PluginInfo:
         known = self.plugins[kind]
+        if kind == "drafter" and "+" in name and name not in known:
+            return self._combined_drafter(name)
         if name not in known:
             label = kind.replace("_", "-")
             raise PluginError(f"unknown {label} '{name}'; known: {', '.join(sorted(known)) or 'none'}")
         return known[name]
+
+    def _combined_drafter(self, name: str) -> PluginInfo:
+        """``FIRST+SECOND``: two registered drafters as one (see :mod:`specfw_plugins.combined`)."""
+        from specfw_plugins.combined import combined_drafter_class
+
+        parts = name.split("+")
+        if len(parts) != 2 or not all(parts):
+            raise PluginError(f"drafter '{name}': a combination names two drafters, FIRST+SECOND (e.g. lookup+mlx)")
+        infos = []
+        for part in parts:
+            if part not in self.plugins["drafter"]:
+                known = ", ".join(sorted(self.plugins["drafter"]))
+                raise PluginError(f"unknown drafter '{part}' in '{name}'; known: {known}")
+            infos.append(self.plugins["drafter"][part])
+        cls = combined_drafter_class(infos[0].cls, infos[1].cls)
+        return PluginInfo("drafter", name, cls, cls.__module__, infos[1].distribution, infos[1].version)
 
     def names(self, kind: str) -> list[str]:
         return sorted(self.plugins[kind])

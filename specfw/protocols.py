@@ -44,6 +44,8 @@ class DrafterSetup:
     temperature / top-p distribution (``config.temp``, ``config.top_p``) and
     expose that distribution as ``last_probs`` (see :class:`Drafter`). When
     False (the default) a drafter proposes as it likes (greedy for ``mlx``).
+    ``target_vocab_size``: the target tokenizer's vocabulary size, for a
+    drafter that proposes target ids (the first part of a combined drafter).
     """
 
     config: RunConfig
@@ -51,6 +53,7 @@ class DrafterSetup:
     vocab_size: int
     options: dict[str, Any] = field(default_factory=dict)
     sample: bool = False
+    target_vocab_size: int | None = None
 
 
 @runtime_checkable
@@ -80,6 +83,18 @@ class Drafter(Protocol):
     proposals as certain (a one-hot distribution), which is exact for them.
     Giving the softmax of a greedy drafter's logits here would break
     losslessness: the rows must be what the ids were sampled from.
+
+    Optional, for proposals in the target's vocabulary:
+    ``propose_target(target_ids, k) -> list[int]`` gets every accepted target
+    id so far (prompt included) and returns at most ``k`` target ids, or [] when
+    it has nothing. The scheduler asks it first each cycle; its proposals are
+    verified as they are, with no translation and without touching the
+    drafter's own context (``propose`` is then not called that cycle). The
+    combined drafters (``--drafter lookup+mlx``) provide it.
+
+    ``option_names`` (optional class attribute): the ``drafter_options`` keys
+    the drafter understands; the host refuses any other key with one clear
+    error. A drafter without it receives every option unchecked.
     """
 
     name: ClassVar[str]
@@ -262,8 +277,12 @@ class CycleReport:
     target ids sent to verification; ``accepted``: how many were accepted;
     ``fed``: ids in the target pass (unforwarded accepted ids + proposed);
     ``draft_s``, ``translate_s``, ``verify_s``: wall-clock seconds of the
-    drafter's propose call (its resync included), of the forward translation, and
-    of the target pass with verification.
+    drafter's propose call (forwarding its catch-up ids included), of the
+    translations (the deferred back-translation included), and of the target
+    pass with verification (a plain step: the step). ``source``: ``"draft"``
+    (the drafter's own vocabulary, translated) or ``"target"`` (proposals a
+    drafter made directly in the target's vocabulary, see
+    :meth:`Drafter.propose_target`).
     """
 
     k: int
@@ -273,6 +292,7 @@ class CycleReport:
     draft_s: float
     translate_s: float
     verify_s: float
+    source: str = "draft"
 
 
 @runtime_checkable
@@ -284,11 +304,19 @@ class KPolicy(Protocol):
     tokens still to generate). :meth:`observe` receives the cycle's
     :class:`CycleReport` afterwards. Any choice stays lossless: k only
     changes how much is proposed.
+
+    A policy whose ``choose`` takes a ``source`` keyword is asked once per
+    source and cycle: ``"target"`` (for a drafter with ``propose_target``,
+    asked first) and ``"draft"`` (asked when the target source proposed
+    nothing); one without it gets the same k for both. While the target steps
+    alone, the scheduler asks for the next cycle's k before the current id is
+    read, so that a plain step can be queued ahead of it; ``observe`` for the
+    current cycle then comes after that ``choose``.
     """
 
     name: ClassVar[str]
 
-    def choose(self) -> int: ...
+    def choose(self, source: str = "draft") -> int: ...
 
     def observe(self, report: CycleReport) -> None: ...
 

@@ -180,9 +180,11 @@ class Run:
             and callable(getattr(translator, "to_target_probs", None))
         )
         draft_model = self.draft.model if self.draft else None
+        _check_drafter_options(drafter_cls, c.drafter_options)
         drafter = _build(
             drafter_cls,
-            DrafterSetup(c, draft_model, draft_tok.vocab_size, dict(c.drafter_options), sample=draft_probs),
+            DrafterSetup(c, draft_model, draft_tok.vocab_size, dict(c.drafter_options), sample=draft_probs,
+                         target_vocab_size=self.target.tokenizer.vocab_size),
         )
         allowed = None
         if callable(getattr(translator, "allowed_mask", None)):
@@ -223,6 +225,17 @@ def _logits_width(model, tokenizer: Tokenizer) -> int:
     """How many logits the draft model produces (its embedding may be padded past the tokenizer's ids)."""
     width = getattr(getattr(model, "args", None), "vocab_size", None)  # mlx-lm models keep their ModelArgs
     return width if isinstance(width, int) and width > 0 else tokenizer.vocab_size
+
+
+def _check_drafter_options(cls: type, options: dict) -> None:
+    """Refuse a drafter option the drafter (or no part of a combined one) does not take."""
+    names = getattr(cls, "option_names", None)
+    if names is None:
+        return
+    for key in options:
+        if key not in names:
+            takes = f"it takes {', '.join(names)}" if names else "it takes none"
+            raise ConfigError(f"drafter '{cls.name}' has no option '{key}'; {takes}")
 
 
 def _build(cls: type, setup):

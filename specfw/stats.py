@@ -23,7 +23,10 @@ class RunStats:
     model drafter, 1 without drafting or with a model-free drafter (lookup). ``draft_s``, ``translate_s`` and
     ``verify_s`` add up, over the cycles after the first token, the drafter's
     propose calls, both translations, and the target passes with
-    verification (the target-alone path: its steps).
+    verification (the target-alone path: its steps). ``sources``: per proposal
+    source (``draft``: the drafter's vocabulary, translated; ``target``: a
+    combined drafter's target-vocabulary part), the verified cycles, proposed
+    and accepted ids.
     """
 
     cycles: int = 0
@@ -40,6 +43,14 @@ class RunStats:
     translate_s: float = 0.0
     verify_s: float = 0.0
     host_syncs: int = 0
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def count_source(self, source: str, proposed: int, accepted: int) -> None:
+        """Add one verified cycle to ``sources[source]`` (cycles, proposed, accepted)."""
+        counts = self.sources.setdefault(source, {"cycles": 0, "proposed": 0, "accepted": 0})
+        counts["cycles"] += 1
+        counts["proposed"] += proposed
+        counts["accepted"] += accepted
 
     @property
     def acceptance_rate(self) -> float:

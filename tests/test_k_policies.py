@@ -68,26 +68,51 @@ def test_adaptive_converges_to_the_cost_models_best_k(alpha, draft_per_token, ve
     assert policy.verify_cost(5) == pytest.approx(verify_base + 5 * verify_per_id, rel=0.1)
 
 
-def test_adaptive_keeps_exploring_when_drafting_does_not_pay():
-    """Explorations (k = 1) keep coming while k = 0 wins, ever rarer: waits of 8, 16, 32, ... up to 128 cycles."""
+def test_adaptive_exploration_cost_stays_within_its_budget():
+    """While k = 0 wins, explorations (k = 1) keep coming, and what they cost beyond plain steps stays <= 1%.
+
+    The budget is checked before each exploration, so the total may pass it by
+    at most the cost of one exploration.
+    """
+    costs = dict(draft_per_token=0.2, verify_base=0.1, verify_per_id=0.01)
     policy = _adaptive(k=2, k_max=4)
-    _feed(policy, alpha=0.05, draft_per_token=0.2, verify_base=0.1, verify_per_id=0.01, cycles=20)
-    choices = [policy.choose() for _ in range(1000)]  # no observations: the estimates stay where they are
-    explored = [i for i, k in enumerate(choices) if k]
-    assert set(choices) == {0, 1}
-    gaps = [b - a for a, b in zip(explored, explored[1:])]
-    assert all(b == min(2 * a, AdaptiveK.explore_max) for a, b in zip(gaps, gaps[1:])), gaps
-    assert gaps[-1] == AdaptiveK.explore_max
+    _feed(policy, alpha=0.05, cycles=20, **costs)
+    policy.elapsed = 0.0
+    for est in policy.sources.values():
+        est.explore_cost, est.explored = 0.0, 0
+    _feed(policy, alpha=0.05, cycles=3000, seed=3, **costs)
+    est = policy.source("draft")
+    one_exploration = costs["draft_per_token"] + costs["verify_per_id"]  # a k = 1 cycle beyond a plain step
+    assert est.explored >= 2, "explorations must keep coming"
+    assert est.explore_cost <= AdaptiveK.explore_budget * policy.elapsed + one_exploration * 1.5
+    assert est.explored < 3000 * 0.05, "explorations must be rare"
 
 
 def test_adaptive_returns_to_drafting_when_acceptance_rises():
-    """Rare explorations still notice a text that became easy to draft, and the short wait comes back."""
+    """Rare explorations still notice a text that became easy to draft."""
     costs = dict(draft_per_token=0.01, verify_base=0.1, verify_per_id=0.005)
     policy = _adaptive(k=2, k_max=4)
     _feed(policy, alpha=0.05, cycles=300, **costs)
-    assert policy.choose() == 0 and policy.explore_interval == AdaptiveK.explore_max
+    assert policy.choose() == 0
     _feed(policy, alpha=0.95, cycles=1500, seed=1, **costs)
-    assert policy.choose() >= 2 and policy.explore_interval == AdaptiveK.explore_every
+    assert policy.choose() >= 2
+
+
+def test_adaptive_learns_each_source_apart():
+    """A target-vocabulary source that is accepted and cheap is drafted far ahead; a costly draft source is not."""
+    policy = _adaptive(k=2, k_max=6)
+    rng = random.Random(5)
+    for _ in range(400):
+        for source, alpha, per_token in (("target", 0.9, 1e-5), ("draft", 0.1, 0.08)):
+            k = policy.choose(source=source)
+            accepted = 0
+            while accepted < k and rng.random() < alpha:
+                accepted += 1
+            policy.observe(CycleReport(k=k, proposed=k, accepted=accepted, fed=k + 1, draft_s=k * per_token,
+                                       translate_s=0.0, verify_s=0.06 + 0.004 * (k + 1), source=source))
+    assert policy.choose(source="target") >= 4
+    assert policy.choose(source="draft") == 0
+    assert policy.alpha("target") > 0.8 > 0.3 > policy.alpha("draft")
 
 
 @pytest.mark.parametrize("policy", ["fixed", "adaptive"])
