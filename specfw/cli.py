@@ -31,7 +31,11 @@ def _add_run_parser(sub) -> None:
     )
     p.add_argument("--target", help="target model: known name (specfw models list), local MLX folder, or Hugging Face id")
     p.add_argument("--draft", help="draft model: known name, local MLX folder, or Hugging Face id")
-    p.add_argument("--drafter", default="mlx", help="drafter plugin (default: mlx)")
+    p.add_argument("--drafter", default="mlx",
+                   help="drafter plugin: mlx, lookup, replay, or two combined as FIRST+SECOND, e.g. lookup+mlx "
+                   "(prompt lookup in the target's vocabulary first, the draft model where it has nothing) (default: mlx)")
+    p.add_argument("--drafter-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a drafter setting, repeatable (mlx: quantize=4|8, head=N|allowed|FILE; lookup: max_ngram, min_ngram)")
     p.add_argument("--translator", default="context", help="translator plugin: none, naive, context, tli, ... (default: context)")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a translator setting, repeatable (context: unstable_share=0.4 by default, 'off' proposes every id)")
@@ -101,7 +105,12 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--target", help="target model (default: gemma3-270m)")
     p.add_argument("--draft", action="append", dest="drafts",
                    help="draft model, repeatable: one condition set per drafter (default: smollm2-135m-instruct)")
-    p.add_argument("--drafter", help="drafter plugin (default: mlx)")
+    p.add_argument("--drafter", type=_csv(str),
+                   help="comma-separated drafter plugins, one condition set each: mlx, lookup, lookup+mlx, ... "
+                   "(default: mlx; a model-free one such as lookup runs once, in the target's vocabulary)")
+    p.add_argument("--k-policy", dest="k_policies", type=_csv(str),
+                   help="comma-separated k policies, one condition set each: fixed, adaptive (default: fixed)")
+    p.add_argument("--k-max", type=int, help="largest k the adaptive policy may choose (default: 8)")
     p.add_argument("--max-tokens", type=int, help="tokens per run (default: 128)")
     p.add_argument("--limit", type=int, help="first N prompts of each dataset")
     p.add_argument("--prefix-window", type=int, help="translation context window (default: 4)")
@@ -227,6 +236,7 @@ def cmd_run(args) -> int:
         target=args.target,
         draft=args.draft,
         drafter=args.drafter,
+        drafter_options=_key_values(args.drafter_option, "--drafter-option"),
         translator=args.translator,
         translator_options=_key_values(args.translator_option, "--translator-option"),
         verifier=args.verifier,
@@ -310,8 +320,8 @@ def cmd_eval(args) -> int:
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
-    fields = ("datasets", "translators", "k", "cache_syncs", "target", "drafts", "drafter", "max_tokens",
-              "limit", "prefix_window", "chat", "out")
+    fields = ("datasets", "translators", "k", "cache_syncs", "target", "drafts", "drafter", "k_policies", "k_max",
+              "max_tokens", "limit", "prefix_window", "chat", "out")
     given = {name: getattr(args, name) for name in fields}
     if args.config:
         sweep = load_sweep_file(args.config, given)

@@ -27,7 +27,7 @@ from specfw.records import EvalRecord, condition_name
 RECORDS = "records.jsonl"
 SWEEP = "sweep.json"
 # Settings that change what a record means: a resumed sweep must keep them.
-FIXED_SETTINGS = ("target", "max_tokens", "prefix_window", "chat", "drafter")
+FIXED_SETTINGS = ("target", "max_tokens", "prefix_window", "chat")
 
 
 class SweepConfig(BaseModel):
@@ -41,12 +41,21 @@ class SweepConfig(BaseModel):
     cache_syncs: list[str] = Field(default_factory=lambda: ["trim"], min_length=1)
     target: Optional[str] = None
     drafts: list[str] = Field(default_factory=list, description="one condition set per draft model")
-    drafter: str = "mlx"
+    drafter: list[str] = Field(default_factory=lambda: ["mlx"], min_length=1,
+                               description="drafter plugins, e.g. mlx, lookup, lookup+mlx (one condition set each)")
+    k_policies: list[str] = Field(default_factory=lambda: ["fixed"], min_length=1,
+                                  description="k policies (one condition set each); k is the starting k for adaptive")
+    k_max: int = Field(8, ge=1, le=64)
     max_tokens: int = Field(128, ge=1)
     limit: Optional[int] = Field(None, ge=1)
     prefix_window: int = Field(4, ge=0)
     chat: bool = False
     out: Path
+
+    @field_validator("drafter", mode="before")
+    @classmethod
+    def _drafter_list(cls, value):
+        return [value] if isinstance(value, str) else value
 
     @field_validator("k")
     @classmethod
@@ -174,7 +183,9 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
         registry.get("translator", name)
     for name in sweep.cache_syncs:
         registry.get("cache_sync", name)
-    registry.get("drafter", sweep.drafter)
+    model_free = {name: not registry.get("drafter", name).cls.needs_model for name in sweep.drafter}
+    for name in sweep.k_policies:
+        registry.get("k_policy", name)
     items = [item for spec in sweep.datasets for item in load_dataset(spec, limit=sweep.limit)]
     if not items:
         raise ConfigError("the datasets hold no prompts")
@@ -186,16 +197,20 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
     _check_same_sweep(out, sweep)
     done = {r.key(): r for r in read_records(out)}
 
-    conditions = [
-        (draft_name, translator, k, cache_sync)
+    # (draft model, drafter plugin, k policy, translator, k, cache-sync); a model-free drafter runs once, without
+    # a draft model, in the target's vocabulary
+    conditions = list(dict.fromkeys(
+        (None if model_free[plugin] else draft_name, plugin, policy, translator, k, cache_sync)
         for draft_name in sweep.drafts
-        for translator in sweep.translators
+        for plugin in sweep.drafter
+        for policy in sweep.k_policies
+        for translator in (["identity"] if model_free[plugin] else sweep.translators)
         for k in sweep.k
         for cache_sync in sweep.cache_syncs
-    ]
+    ))
     total = len(items) * (1 + len(conditions))
     todo = total - sum(
-        1 for item in items for c in ["baseline"] + [condition_name(*c) for c in conditions]
+        1 for item in items for c in ["baseline"] + [_condition_name(*c) for c in conditions]
         if (item.dataset, item.id, c) in done
     )
     if log:
@@ -218,22 +233,36 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
                     append_record(out, baseline)
                     done[base_key] = baseline
                     bar.update()
-                for draft_name, translator, k, cache_sync in conditions:
-                    name = condition_name(draft_name, translator, k, cache_sync)
+                for draft_name, plugin, policy, translator, k, cache_sync in conditions:
+                    name = _condition_name(draft_name, plugin, policy, translator, k, cache_sync)
                     if (item.dataset, item.id, name) in done:
                         continue
                     bar.set_description(f"{item.dataset}/{item.id} {name}")
-                    config = RunConfig(prompt=item.prompt, drafter=sweep.drafter, translator=translator, k=k,
-                                       cache_sync=cache_sync, **common)
-                    result = Run(config, target=target, draft=drafts[draft_name]).result()
-                    record = _record(item, name, result, target, drafts[draft_name], baseline, sweep,
-                                     drafter=draft_name, translator=translator, k=k, cache_sync=cache_sync)
+                    config = RunConfig(prompt=item.prompt, drafter=plugin, k_policy=policy, k_max=sweep.k_max,
+                                       translator=translator, k=k, cache_sync=cache_sync, **common)
+                    draft = drafts.get(draft_name)
+                    result = Run(config, target=target, draft=draft).result()
+                    record = _record(item, name, result, target, draft, baseline, sweep,
+                                     drafter=_drafter_label(draft_name, plugin, policy), translator=translator, k=k,
+                                     cache_sync=cache_sync)
                     append_record(out, record)
                     done[record.key()] = record
                     bar.update()
         finally:
             bar.close()
     return write_report(out, out)
+
+
+def _drafter_label(draft_name: str | None, plugin: str, policy: str) -> str:
+    """The record's drafter: the draft model, with the drafter plugin and k policy where not mlx / fixed."""
+    extra = [part for part, default in ((plugin, "mlx"), (policy, "fixed")) if part != default]
+    if draft_name is None:  # a model-free drafter: it is named in ``extra``
+        return " ".join(extra)
+    return " ".join([draft_name] + extra)
+
+
+def _condition_name(draft_name, plugin, policy, translator, k, cache_sync) -> str:
+    return condition_name(_drafter_label(draft_name, plugin, policy), translator, k, cache_sync)
 
 
 def _warm_up(target, drafts: dict, sweep: SweepConfig) -> None:

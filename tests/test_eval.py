@@ -45,6 +45,22 @@ def test_sweep_writes_one_lossless_record_per_prompt_and_condition(prompts, tmp_
     assert report.name == "report.md" and report.exists()
 
 
+def test_sweep_runs_drafter_plugins_and_k_policies(prompts, tmp_path):
+    """Each drafter plugin x k policy is a condition set; a model-free drafter runs once, without translation."""
+    out = tmp_path / "out"
+    sweep = _sweep(prompts, out, translators=["context"], k=[2], drafter=["mlx", "lookup", "lookup+mlx"],
+                   k_policies=["fixed", "adaptive"])
+    run_sweep(sweep, progress=False)
+    records = read_records(out)
+    drafters = {r.drafter for r in records if not r.is_baseline}
+    assert drafters == {"tiny-random-qwen2.5", "tiny-random-qwen2.5 adaptive", "lookup", "lookup adaptive",
+                        "tiny-random-qwen2.5 lookup+mlx", "tiny-random-qwen2.5 lookup+mlx adaptive"}
+    assert len(records) == 3 * (1 + 6)
+    assert all(r.lossless for r in records)
+    assert {r.translator for r in records if not r.is_baseline and r.drafter.startswith("lookup")} == {"identity"}
+    assert all(r.draft_bytes is None for r in records if not r.is_baseline and r.drafter.startswith("lookup"))
+
+
 def test_interrupted_sweep_resumes_and_loses_nothing(prompts, tmp_path, monkeypatch):
     out = tmp_path / "out"
     real_append = specfw_eval.append_record
