@@ -6,7 +6,15 @@ Library use::
     result = generate(RunConfig(prompt="Stolicą Polski jest", translator="context", k=2))
     print(result.text, result.stats.acceptance_rate)
 
-``Run(config).stream()`` yields tokens as they are produced.
+``Run(config).stream()`` yields tokens as they are produced. mlx-lm style::
+
+    from mlx_lm import load
+    from specfw import stream_generate
+    model, tokenizer = load("path/to/target"); draft, draft_tokenizer = load("path/to/drafter")
+    for r in stream_generate(model, tokenizer, "Hello", draft_model=draft, draft_tokenizer=draft_tokenizer):
+        print(r.text, end="")
+
+``generate(config)`` returns a ``RunResult``; ``generate(model, tokenizer, prompt, ...)`` returns the text.
 """
 
 from specfw.blas import load_optimized_blas
@@ -16,13 +24,22 @@ load_optimized_blas()  # must run before MLX is first imported
 from specfw.config import RunConfig  # noqa: E402
 from specfw.errors import SpecfwError  # noqa: E402
 
-__all__ = ["RunConfig", "SpecfwError", "Run", "RunResult", "generate"]
+__all__ = ["RunConfig", "SpecfwError", "Run", "RunResult", "generate", "stream_generate", "load",
+           "GenerationResponse", "PromptCache"]
 
 
 def __getattr__(name: str):
     # Lazy: importing specfw (e.g. for plugin discovery) must not import MLX.
-    if name in ("Run", "RunResult", "generate"):
+    if name in ("Run", "RunResult"):
         from specfw import run
 
         return getattr(run, name)
+    if name in ("generate", "stream_generate", "load", "GenerationResponse"):
+        from specfw import api  # generate(config) keeps returning a RunResult; see specfw.api.generate
+
+        return getattr(api, name)
+    if name == "PromptCache":
+        from specfw.prompt_cache import PromptCache
+
+        return PromptCache
     raise AttributeError(name)

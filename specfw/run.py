@@ -14,8 +14,9 @@ from typing import Iterator
 from specfw.blas import blas_in_use
 from specfw.config import RunConfig
 from specfw.errors import ConfigError, PluginError, SpecfwError
-from specfw.models import LoadedModel, load_model
+from specfw.models import LoadedModel, load_model, model_path
 from specfw.plugins import Registry, get_registry
+from specfw.prompt_cache import PromptCache
 from specfw.protocols import CacheSyncSetup, DrafterSetup, KPolicySetup, TranslatorSetup, VerifierSetup
 from specfw.scheduler import DraftSide, TargetSide, Token, speculative_stream
 from specfw.stats import RunStats
@@ -151,18 +152,34 @@ class Run:
             model=self.target.model,
             tokenizer=tok,
             prompt_ids=ids,
-            verifier=self.plugin_classes["verifier"](VerifierSetup(c)),
+            verifier=_build(self.plugin_classes["verifier"], VerifierSetup(c, *self._vocab_bytes())),
             cache_sync=self.plugin_classes["cache_sync"](CacheSyncSetup(c)),
             stop_ids=frozenset(tok.eos_ids),
         )
+
+    def _vocab_bytes(self) -> tuple[list[bytes] | None, list[bytes] | None]:
+        """What every draft and target id spells, for a verifier that verifies strings (``wants_draft_strings``)."""
+        if self.config.baseline or not getattr(self.plugin_classes["verifier"], "wants_draft_strings", False):
+            return None, None
+        if self.draft is not None:
+            draft_tok = self.draft.tokenizer
+        elif self.config.draft is not None:
+            draft_tok = load_tokenizer(self.config.draft)
+        else:
+            draft_tok = self.target.tokenizer
+        target_tok = self.target.tokenizer
+        return ([draft_tok.token_bytes(i) for i in range(draft_tok.vocab_size)],
+                [target_tok.token_bytes(i) for i in range(target_tok.vocab_size)])
 
     def _draft_side(self) -> DraftSide:
         c = self.config
         drafter_cls = self.plugin_classes["drafter"]
         if self.draft is not None:
             draft_tok = self.draft.tokenizer
-        elif c.draft is not None:
-            draft_tok = load_tokenizer(c.draft)
+        elif c.draft is not None:  # a model-free drafter in the draft model's vocabulary: its tokenizer only
+            from specfw.model_store import KNOWN_MODELS
+
+            draft_tok = load_tokenizer(model_path(c.draft, log=self.log) if c.draft in KNOWN_MODELS else c.draft)
         else:
             draft_tok = self.target.tokenizer
         translator_cls = self.plugin_classes["translator"]
@@ -179,11 +196,13 @@ class Run:
             and getattr(self.plugin_classes["verifier"], "wants_draft_probs", False)
             and callable(getattr(translator, "to_target_probs", None))
         )
+        # A string-level verifier (slrs) needs the distributions the proposals were drawn from, in draft ids.
+        draft_strings = c.temp > 0 and getattr(self.plugin_classes["verifier"], "wants_draft_strings", False)
         draft_model = self.draft.model if self.draft else None
         _check_drafter_options(drafter_cls, c.drafter_options)
         drafter = _build(
             drafter_cls,
-            DrafterSetup(c, draft_model, draft_tok.vocab_size, dict(c.drafter_options), sample=draft_probs,
+            DrafterSetup(c, draft_model, draft_tok.vocab_size, dict(c.drafter_options), sample=draft_probs or draft_strings,
                          target_vocab_size=self.target.tokenizer.vocab_size),
         )
         allowed = None
@@ -196,14 +215,18 @@ class Run:
 
     # -- running -----------------------------------------------------------
 
-    def stream(self) -> Iterator[Token]:
-        """Yield generated tokens; ``self.stats`` is complete once the generator ends."""
+    def stream(self, prompt_cache: PromptCache | None = None) -> Iterator[Token]:
+        """Yield generated tokens; ``self.stats`` is complete once the generator ends.
+
+        ``prompt_cache``: KV caches kept from an earlier generation on the same models (the server's chat
+        follow-ups); the prompt prefix they hold is not forwarded again.
+        """
         self.stats = RunStats()
         limit = self.target.context_length
         max_tokens = self.config.max_tokens
         if limit is not None:
             max_tokens = min(max_tokens, limit - len(self.target_side.prompt_ids))
-        yield from speculative_stream(self.target_side, self.draft_side, max_tokens, self.stats)
+        yield from speculative_stream(self.target_side, self.draft_side, max_tokens, self.stats, prompt_cache)
 
     def result(self) -> RunResult:
         tokens = list(self.stream())

@@ -34,7 +34,8 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from specfw.forward import forward_logits, prefill
-from specfw.protocols import Acceptance, CacheSync, CycleReport, KPolicy, Drafter, Proposal, Translator, Verifier
+from specfw.prompt_cache import PromptCache
+from specfw.protocols import Acceptance, CacheSync, CycleReport, DraftStrings, KPolicy, Drafter, Proposal, Translator, Verifier
 from specfw.stats import RunStats
 from specfw.text import common_prefix_len, complete_utf8_prefix
 from specfw.tokenizers import Tokenizer
@@ -166,24 +167,32 @@ class _DraftSync:
 
 
 def speculative_stream(
-    target: TargetSide, draft: DraftSide | None, max_tokens: int, stats: RunStats
+    target: TargetSide, draft: DraftSide | None, max_tokens: int, stats: RunStats,
+    prompt_cache: PromptCache | None = None,
 ) -> Iterator[Token]:
     """Generate up to ``max_tokens`` target ids; with ``draft`` None, the target alone.
 
     The first token always comes from the prompt pass (so both modes time the
     prompt the same way); each later cycle drafts and verifies, or is a plain
-    target step. ``stats`` is filled in as tokens are produced.
+    target step. ``stats`` is filled in as tokens are produced. With
+    ``prompt_cache`` the prompt prefix its caches already hold is not
+    forwarded again, and the caches this generation leaves are kept there.
     """
     start = time.perf_counter()
-    cache = make_prompt_cache(target.model)
     target_ids = list(target.prompt_ids)
-    cached = prefill(target.model, cache, target_ids[:-1])
+    if prompt_cache is None:
+        cache, cached = make_prompt_cache(target.model), 0
+    else:
+        cache, cached = prompt_cache.reuse_target(target.model, target_ids)
+    cached += prefill(target.model, cache, target_ids[cached:-1])
     stats.prompt_tokens = len(target_ids)
     verifier = target.verifier
     chooser = _KChooser(draft)
     if draft is not None:
         draft.drafter.reset()
         sync = _DraftSync(draft)
+        if prompt_cache is not None:
+            sync.cached = prompt_cache.reuse_draft(draft.drafter, sync.seq)
 
     text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     generated_bytes = bytearray()  # bytes of every generated target id
@@ -196,6 +205,7 @@ def speculative_stream(
         draft_ids: list[int] = []
         proposed: list[int] = []
         draft_logprobs = None
+        draft_strings: DraftStrings | None = None
         k = 0
         draft_s = translate_s = 0.0
         source = DRAFT_SOURCE
@@ -218,7 +228,8 @@ def speculative_stream(
             draft_ids = draft.drafter.propose(to_forward, k, draft.allowed)
             t2 = time.perf_counter()
             sync.proposed(draft_ids)
-            proposed = draft.translator.to_target(Proposal(draft_ids, sync.new_bytes(draft_ids, generated_bytes), target_ids))
+            new_bytes = sync.new_bytes(draft_ids, generated_bytes)
+            proposed = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
             draft_s, translate_s = t2 - t1, (t1 - t0) + (time.perf_counter() - t2)
             if draft_ids and draft.drafter.needs_model:
                 stats.host_syncs += 1  # the model drafter hands its ids back from the device
@@ -226,6 +237,8 @@ def speculative_stream(
                 stats.zero_new_cycles += 1
             elif draft.draft_probs:
                 draft_logprobs = _draft_logprobs(draft, len(proposed))
+            if proposed and new_bytes and getattr(verifier, "wants_draft_strings", False):
+                draft_strings = _draft_strings(draft, draft_ids, new_bytes)
         if draft is not None and first_time is not None:
             stats.k_counts[k] = stats.k_counts.get(k, 0) + 1
 
@@ -235,7 +248,11 @@ def speculative_stream(
             feed = target_ids[cached:] + proposed
             fed = len(feed)
             logits = forward_logits(target.model, cache, feed, len(proposed) + 1)
-            if draft_logprobs is None:
+            if draft_strings is not None:
+                accepted, next_id = verifier.verify(logits, proposed, draft_strings=draft_strings)
+                stats.fallback_cycles += draft_strings.fell_back
+                stats.psi_s += draft_strings.psi_s
+            elif draft_logprobs is None:
                 accepted, next_id = verifier.verify(logits, proposed)
             else:
                 accepted, next_id = verifier.verify(logits, proposed, draft_logprobs=draft_logprobs)
@@ -256,6 +273,9 @@ def speculative_stream(
                 cached += 1  # the queued step has fed next_id
         stats.host_syncs += 1  # the verifier (or the plain step) reads the next id
         new_ids = proposed[:accepted] + [next_id]
+        if prompt_cache is not None:  # the target cache holds (target_ids + proposed, or + next_id)[:cached]
+            prompt_cache.hold(cache, target_ids, proposed or new_ids, cached, draft and draft.drafter,
+                              sync if draft is not None else None)
         if first_time is not None:
             verify_s = time.perf_counter() - t_verify
             stats.cycles += 1
@@ -303,6 +323,15 @@ def speculative_stream(
     tail = text_decoder.decode(b"", final=True)
     if tail:
         yield Token(-1, tail, from_draft=False)  # flush of an unfinished UTF-8 sequence, no id
+
+
+def _draft_strings(draft: DraftSide, draft_ids: list[int], new_bytes: bytes) -> DraftStrings:
+    """The cycle's draft for a string-level verifier: ids, what they were drawn from, where the new text starts."""
+    drafter = draft.drafter
+    offset = sum(len(draft.tokenizer.token_bytes(i)) for i in draft_ids) - len(new_bytes)
+    branch_probs = getattr(drafter, "branch_probs", None)
+    return DraftStrings(list(draft_ids), getattr(drafter, "last_probs", None), offset,
+                        branch_probs if callable(branch_probs) else None)
 
 
 def _draft_logprobs(draft: DraftSide, n: int) -> mx.array | None:
