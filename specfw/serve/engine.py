@@ -1,0 +1,285 @@
+"""The serving engine: models loaded once, one generation at a time, a bounded FIFO, the prompt cache.
+
+Requests are prepared (tokenized, checked) off the event loop, then queued;
+a single worker thread takes them in order and runs each through the same
+:class:`specfw.run.Run` as ``specfw run``. Events (started, text, finished,
+failed) go back to the request's asyncio queue. A request whose client went
+away is cancelled: the worker stops its generation at the next token, which
+is within one cycle, and takes the next request.
+
+Prompt cache: the KV caches the last generation left (target and drafter)
+are kept with the ids they hold; the next request reuses the longest prefix
+its prompt shares with them (a chat follow-up shares the whole earlier
+conversation) and prefills only the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from dataclasses import dataclass, field
+from specfw.api import PromptRun
+from specfw.config import RunConfig
+from specfw.errors import ConfigError, SpecfwError
+from specfw.plugins import get_registry
+from specfw.prompt_cache import PromptCache
+from specfw.run import Run, prompt_ids
+from specfw.serve.prompts import chat_ids
+from specfw.serve.protocol import SpecfwInfo
+
+
+class QueueFull(SpecfwError):
+    """Every queue place is taken; the client should retry later."""
+
+
+class ContextTooLong(ConfigError):
+    """The prompt, or the prompt plus max_tokens, does not fit the target's context."""
+
+
+@dataclass
+class Started:
+    prompt_tokens: int
+
+
+@dataclass
+class Piece:
+    text: str
+
+
+@dataclass
+class Finished:
+    finish_reason: str
+    completion_tokens: int
+    info: SpecfwInfo
+
+
+@dataclass
+class Failed:
+    error: Exception
+
+
+@dataclass
+class Job:
+    """One request on its way through the queue: what to run and where its events go."""
+
+    config: RunConfig
+    target_ids: list[int]
+    draft_ids: list[int] | None
+    stop: list[str]
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class StopText:
+    """Cuts the text at the first stop sequence, holding back a tail that may be the start of one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """Text safe to send now, and whether a stop sequence was reached."""
+        self.pending += piece
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = max((n for s in self.stops for n in range(1, len(s)) if self.pending.endswith(s[:n])), default=0)
+        out, self.pending = self.pending[: len(self.pending) - hold], self.pending[len(self.pending) - hold :]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Engine:
+    """Holds the models and the queue; ``submit`` a prepared :class:`Job`, read its events."""
+
+    def __init__(self, config: RunConfig, *, max_queue: int = 16, prompt_cache: bool = True, log=None) -> None:
+        self.registry = get_registry()
+        # A Run on a placeholder prompt resolves the default pair, checks every plugin and loads the models.
+        probe = Run(config.model_copy(update={"prompt": "x", "max_tokens": 1, "chat": False}), log=log,
+                    registry=self.registry)
+        self.config = probe.config
+        self.target, self.draft = probe.target, probe.draft
+        self.notes = list(probe.notes)
+        self.model_id = self.target.source
+        self.max_queue = max_queue
+        self.prompt_cache = prompt_cache
+        self.kv = PromptCache() if prompt_cache else None
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._lock = threading.Condition()
+        self._closing = False
+        self.busy = False
+        self._worker = threading.Thread(target=self._work, name="specfw-generation", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Finish the generation in progress and the queued ones, then end the worker."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify_all()
+        self._worker.join()
+
+    # -- requests ----------------------------------------------------------
+
+    def request_config(self, overrides: dict) -> RunConfig:
+        """The server's config with one request's settings; plugin names were checked by the protocol."""
+        fields = {**self.config.model_dump(), **overrides, "chat": False}
+        if self.config.baseline:
+            fields = {**fields, **{name: getattr(self.config, name) for name in ("drafter", "translator", "k",
+                                                                                 "k_policy")}}
+        config = RunConfig(**fields)
+        if not config.baseline and self.draft is None and self.registry.get("drafter", config.drafter).cls.needs_model:
+            raise ConfigError(f"drafter '{config.drafter}' needs a draft model; this server was started without one")
+        return config
+
+    def prepare(self, config: RunConfig, loop, *, text: str | None = None, ids: list[int] | None = None,
+                messages: list[dict] | None = None, stop: list[str] | None = None) -> Job:
+        """A job for one prompt (text, target ids, or chat messages), checked against the target's context.
+
+        Runs in a worker thread of the event loop: tokenizing and rendering are CPU work.
+        """
+        tok = self.target.tokenizer
+        draft_ids = None
+        if messages is not None:
+            target_ids = chat_ids(self.target, tok, messages)
+            if self.draft is not None:
+                draft_ids = chat_ids(self.draft, self.draft.tokenizer, messages)
+        elif ids is not None:
+            if max(ids) >= tok.vocab_size:
+                raise ConfigError(f"token id {max(ids)} is outside the target's vocabulary of {tok.vocab_size}")
+            target_ids = list(ids)
+        else:
+            target_ids = prompt_ids(tok, text)
+        limit = self.target.context_length
+        if limit is not None and len(target_ids) >= limit:
+            raise ContextTooLong(f"the prompt is {len(target_ids)} tokens, longer than the target's context of {limit}")
+        if limit is not None and len(target_ids) + config.max_tokens > limit:
+            raise ContextTooLong(
+                f"the prompt ({len(target_ids)} tokens) plus max_tokens ({config.max_tokens}) exceeds the target's "
+                f"context of {limit}"
+            )
+        return Job(config, target_ids, draft_ids, list(stop or []), loop)
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._closing:
+                raise QueueFull("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"the server is busy: {len(self._waiting)} requests are waiting (--max-queue)")
+            self._waiting.append(job)
+            self._lock.notify()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    # -- the worker --------------------------------------------------------
+
+    def _next(self) -> Job | None:
+        with self._lock:
+            while not self._waiting and not self._closing:
+                self._lock.wait()
+            return self._waiting.popleft() if self._waiting else None
+
+    def _work(self) -> None:
+        while (job := self._next()) is not None:
+            if job.cancelled.is_set():
+                continue
+            self.busy = True
+            try:
+                self._generate(job)
+            except Exception as exc:  # reported to that request; the worker goes on
+                if self.kv is not None:
+                    self.kv.clear()  # the failed generation may have left its caches half-updated
+                job.emit(Failed(exc))
+            finally:
+                self.busy = False
+
+    def _build(self, job: Job) -> Run:
+        c = job.config
+        draft = self.draft if not c.baseline and self.registry.get("drafter", c.drafter).cls.needs_model else None
+        return PromptRun(c, job.target_ids, job.draft_ids, target=self.target, draft=draft, registry=self.registry)
+
+    def _generate(self, job: Job) -> None:
+        run = self._build(job)
+        job.emit(Started(len(run.target_side.prompt_ids)))
+        stop = StopText(job.stop)
+        start = time.perf_counter()
+        first = last = None
+        n = 0
+        finish = None
+        tokens = self._stream(run)
+        try:
+            for token in tokens:
+                if job.cancelled.is_set():
+                    finish = "cancelled"
+                    break
+                if token.id >= 0:
+                    n += 1
+                    last = time.perf_counter()
+                    first = first or last
+                text, hit = stop.feed(token.text)
+                if text:
+                    job.emit(Piece(text))
+                if hit:
+                    finish = "stop"
+                    break
+        finally:
+            tokens.close()
+        if finish != "stop":
+            tail = stop.flush()
+            if tail:
+                job.emit(Piece(tail))
+        stats = run.stats
+        c = run.config
+        info = SpecfwInfo(
+            proposed=stats.proposed,
+            accepted=stats.accepted,
+            acceptance_rate=stats.acceptance_rate,
+            cycles=stats.cycles,
+            tokens_per_second=(n - 1) / (last - first) if n > 1 and last > first else 0.0,
+            prompt_seconds=(first or time.perf_counter()) - start,
+            decode_seconds=(last - first) if first is not None else 0.0,
+            prompt_cached_tokens=self.kv.target_reused if self.kv is not None else 0,
+            draft_cached_tokens=self.kv.draft_reused if self.kv is not None and not c.baseline else 0,
+            plugins={
+                "drafter": None if c.baseline else c.drafter,
+                "translator": None if c.baseline else run.translator_used,
+                "k": None if c.baseline else c.k,
+                "k_policy": None if c.baseline else c.k_policy,
+                "cache_sync": c.cache_sync,
+                "verifier": c.verifier_name,
+            },
+        )
+        job.emit(Finished(finish or stats.finish_reason or "length", n, info))
+
+    def _stream(self, run: Run):
+        return run.stream(prompt_cache=self.kv)
+
+
+def retry_after(engine: Engine) -> int:
+    """Seconds a refused client should wait: about one generation per waiting request."""
+    return max(1, min(60, engine.waiting))
+
