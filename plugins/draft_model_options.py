@@ -34,17 +34,24 @@ QUANT_BITS = (4, 8)
 QUANT_GROUP = 64
 
 
+_quantized: dict[tuple[int, int], tuple[object, object]] = {}  # (id(model), bits) -> (model, its quantized copy)
+
+
 def quantized_copy(model, bits: int):
-    """A new model of the same class and arguments with ``bits``-bit quantized weights."""
+    """A new model of the same class and arguments with ``bits``-bit quantized weights (made once per model)."""
     if bits not in QUANT_BITS:
         raise PluginError(f"drafter 'mlx': quantize must be one of {', '.join(map(str, QUANT_BITS))}, got {bits}")
     args = getattr(model, "args", None)
     if args is None:
         raise PluginError("drafter 'mlx': quantize needs an mlx-lm model (one with .args)")
+    key = (id(model), bits)
+    if key in _quantized:  # the entry keeps ``model`` alive, so its id cannot be reused by another
+        return _quantized[key][1]
     copy = type(model)(args)
     copy.load_weights(tree_flatten(model.parameters()))
     nn.quantize(copy, group_size=QUANT_GROUP, bits=bits)
     mx.eval(copy.parameters())
+    _quantized[key] = (model, copy)
     return copy
 
 

@@ -61,6 +61,13 @@ def resolve_model_path(spec: str) -> Path:
         ) from None
 
 
+def model_path(spec: str, log=None) -> Path:
+    """The local folder of a known model (imported on first use), a folder path or a hub id."""
+    from specfw.model_store import KNOWN_MODELS, ensure_model
+
+    return ensure_model(spec, log=log) if spec in KNOWN_MODELS else resolve_model_path(spec)
+
+
 def load_model(spec: str, dtype: str | None = "auto", log=None) -> LoadedModel:
     """Load an mlx-lm model and its tokenizer from a known model name, a folder or a hub id.
 
@@ -70,9 +77,7 @@ def load_model(spec: str, dtype: str | None = "auto", log=None) -> LoadedModel:
     (bf16 matrix products are slow there) and the folder's own dtype on a GPU;
     None keeps what the folder holds. Quantized weights are left as they are.
     """
-    from specfw.model_store import KNOWN_MODELS, ensure_model
-
-    path = ensure_model(spec, log=log) if spec in KNOWN_MODELS else resolve_model_path(spec)
+    path = model_path(spec, log=log)
     if not (path / "config.json").exists():
         raise ModelLoadError(f"'{path}' has no config.json; is it an MLX model folder?")
     import mlx.core as mx

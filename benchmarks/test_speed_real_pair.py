@@ -1,0 +1,166 @@
+"""Speed on the real default pair: every drafting condition against the target alone, side by side in one run.
+
+Run:  pytest benchmarks/test_speed_real_pair.py --benchmark-only -s
+
+For each bundled set (pl-questions, pl-grammar, en-prompts) it takes the first
+PROMPTS prompts and, prompt by prompt, runs every condition once (the order
+rotates from prompt to prompt, so slow drifts of the machine spread over all
+conditions): the target alone, the ``mlx`` drafter with fixed k = 1, 2, 4,
+the ``adaptive`` k policy, the model-free ``lookup`` drafter, the hybrid
+``lookup+mlx`` (adaptive, each source learnt apart), and the kept
+cheaper-draft variant (``head``: the drafter's LM head restricted to its 8192
+most frequent ids). Every output must equal the target alone (asserted). It
+prints one table per set: speedup = the target alone's total time ÷ the
+condition's total time for the same tokens, tokens/s, accepted per cycle,
+acceptance, and the k chosen.
+
+Environment: ``SPECFW_SPEED_PROMPTS`` (16), ``SPECFW_SPEED_TOKENS`` (64),
+``SPECFW_SPEED_SETS`` (comma-separated), ``SPECFW_SPEED_CONDITIONS``
+(comma-separated names from CONDITIONS), ``SPECFW_SPEED_OUT`` (a folder:
+write ``records.jsonl``, one line per run, and ``report.md`` there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
+import pytest
+
+from specfw.blas import blas_in_use
+from specfw.config import RunConfig
+from specfw.datasets import load_dataset
+from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models import load_model
+from specfw.run import Run
+
+SETS = os.environ.get("SPECFW_SPEED_SETS", "pl-questions,pl-grammar,en-prompts").split(",")
+PROMPTS = int(os.environ.get("SPECFW_SPEED_PROMPTS", "16"))
+TOKENS = int(os.environ.get("SPECFW_SPEED_TOKENS", "64"))
+# name -> RunConfig fields (None: the target alone)
+CONDITIONS = {
+    "target alone": None,
+    "mlx k=1": dict(k=1),
+    "mlx k=2": dict(k=2),
+    "mlx k=4": dict(k=4),
+    "mlx adaptive": dict(k=2, k_policy="adaptive"),
+    "lookup k=4": dict(drafter="lookup", k=4),
+    "lookup+mlx adaptive": dict(drafter="lookup+mlx", k=2, k_policy="adaptive"),
+    "mlx head=8192 k=2": dict(k=2, drafter_options={"head": "8192"}),
+}
+if os.environ.get("SPECFW_SPEED_CONDITIONS"):
+    CONDITIONS = {n: CONDITIONS[n] for n in ["target alone", *os.environ["SPECFW_SPEED_CONDITIONS"].split(",")]}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_model(DEFAULT_TARGET), load_model(DEFAULT_DRAFT)
+
+
+def _run(pair, prompt: str, fields: dict | None, max_tokens: int = TOKENS):
+    target, draft = pair
+    if fields is None:
+        run = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=max_tokens), target=target)
+    else:
+        config = RunConfig(prompt=prompt, max_tokens=max_tokens, translator="context", **fields)
+        run = Run(config, target=target, draft=draft if config.drafter != "lookup" else None)
+    start = time.perf_counter()
+    result = run.result()
+    return result, time.perf_counter() - start
+
+
+def _record(dataset, item, name, result, seconds, reference) -> dict:
+    s = result.stats
+    return {
+        "dataset": dataset, "prompt_id": item.id, "condition": name, "seconds": seconds,
+        "generated": s.generated, "cycles": s.cycles, "proposed": s.proposed, "accepted": s.accepted,
+        "tps": s.tps, "k_counts": {str(k): n for k, n in sorted(s.k_counts.items())}, "sources": s.sources,
+        "lossless": result.token_ids == reference,
+    }
+
+
+def _table(records: list[dict]) -> tuple[list[str], dict]:
+    """Markdown rows per set, and the speedups by (set, condition)."""
+    by = defaultdict(list)
+    for r in records:
+        by[(r["dataset"], r["condition"])].append(r)
+    lines, speedups = [], {}
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        base = sum(r["seconds"] for r in by[(dataset, "target alone")])
+        n = len(by[(dataset, "target alone")])
+        lines += [f"\n### {dataset} ({n} prompts, {TOKENS} tokens)\n",
+                  "| condition | speedup vs target alone | tokens/s | accepted per cycle | acceptance | k chosen (k:cycles) |",
+                  "|---|---|---|---|---|---|"]
+        for name in CONDITIONS:
+            runs = by[(dataset, name)]
+            seconds = sum(r["seconds"] for r in runs)
+            tokens = sum(r["generated"] for r in runs)
+            cycles = sum(r["cycles"] for r in runs)
+            accepted, proposed = sum(r["accepted"] for r in runs), sum(r["proposed"] for r in runs)
+            ks = defaultdict(int)
+            for r in runs:
+                for k, c in r["k_counts"].items():
+                    ks[int(k)] += c
+            speedups[(dataset, name)] = base / seconds
+            lines.append(
+                f"| {name} | {base / seconds:.3f}× | {tokens / seconds:.1f} | {accepted / cycles if cycles else 0:.2f} | "
+                f"{accepted / proposed if proposed else 0:.1%} | {' '.join(f'{k}:{c}' for k, c in sorted(ks.items())) or '—'} |"
+            )
+    return lines, speedups
+
+
+def test_speed_on_the_real_pair(benchmark, pair):
+    items = {dataset: load_dataset(dataset, limit=PROMPTS) for dataset in SETS}
+    for fields in CONDITIONS.values():  # warm-up: one short run of each condition
+        _run(pair, "Warm up, please.", fields, max_tokens=8)
+    out = os.environ.get("SPECFW_SPEED_OUT")
+    sink = None
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        sink = open(Path(out) / "records.jsonl", "w", encoding="utf-8")
+    records = []
+    names = list(CONDITIONS)
+    try:
+        for dataset, prompts in items.items():
+            for i, item in enumerate(prompts):
+                baseline, seconds = _run(pair, item.prompt, None)
+                reference = baseline.token_ids
+                runs = {"target alone": (baseline, seconds)}
+                rotation = names[1:][i % (len(names) - 1):] + names[1:][: i % (len(names) - 1)]
+                for name in rotation:
+                    runs[name] = _run(pair, item.prompt, CONDITIONS[name])
+                for name in names:
+                    result, seconds = runs[name]
+                    record = _record(dataset, item, name, result, seconds, reference)
+                    records.append(record)
+                    if sink:
+                        sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        sink.flush()
+                    assert record["lossless"], f"{name} differs from the target alone on {dataset}/{item.id}"
+    finally:
+        if sink:
+            sink.close()
+    lines, speedups = _table(records)
+    benchmark.group = "speed-real-pair"
+    benchmark.extra_info.update({f"{d}|{c}": round(v, 4) for (d, c), v in speedups.items()})
+    benchmark.pedantic(lambda: None, rounds=1)
+    print("\n".join(lines))
+    if out:
+        header = [
+            "# Speed on the default pair (CPU)", "",
+            f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} Linux, "
+            f"{os.cpu_count()} cores, BLAS: {blas_in_use()}; target {DEFAULT_TARGET}, drafter {DEFAULT_DRAFT}, "
+            "float32, greedy, translator context. Every output equals the target alone (asserted).", "",
+            "Command:", "", "```",
+            f"SPECFW_SPEED_OUT={out} SPECFW_SPEED_PROMPTS={PROMPTS} SPECFW_SPEED_TOKENS={TOKENS} "
+            "pytest benchmarks/test_speed_real_pair.py --benchmark-only -s", "```", "",
+            "Speedup = the target alone's total seconds over the set ÷ the condition's (same prompts, same tokens); "
+            "`records.jsonl` holds every run.",
+        ]
+        (Path(out) / "report.md").write_text("\n".join(header + lines) + "\n", encoding="utf-8")
