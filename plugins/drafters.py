@@ -120,7 +120,40 @@ class MLXDrafter:
             mx.async_eval(y)  # overlap this step's compute with building the next
             proposals.append(y)
         self.last_probs = mx.stack(probs) if probs else None
+        self._allowed = allowed  # for branch_probs
         return mx.concatenate(proposals).tolist()
+
+    def branch_probs(self, ids: Sequence[int]) -> mx.array:
+        """Distributions after the first proposal's context followed by each of ``ids``, in one batched pass.
+
+        For string-level verification (``slrs``, see
+        :class:`~specfw.protocols.Drafter`): the cache up to that context is
+        copied once per id (the drafter's own cache is untouched), and each row
+        is cut exactly as ``propose`` cuts its draws (``allowed``, temperature,
+        top-p). Call it right after :meth:`propose`, with ``last_probs`` set.
+        """
+        k = self.last_probs.shape[0]
+        root = self.cache[0].offset - (k - 1)  # the cache holds the context and every proposal but the last
+        batch = len(ids)
+        branch_cache = make_prompt_cache(self.model)
+        for own, copy in zip(self.cache, branch_cache):
+            copy.keys = mx.repeat(own.keys[..., :root, :], batch, axis=0)
+            copy.values = mx.repeat(own.values[..., :root, :], batch, axis=0)
+            copy.offset = root
+        tokens = mx.array(list(ids))[:, None]
+        allowed = getattr(self, "_allowed", None)
+        if self.head is None:
+            logits = self.model(tokens, cache=branch_cache)[:, -1]
+            if allowed is not None:
+                logits = mx.where(self._fit(allowed, logits.shape[-1]), logits, -mx.inf)
+        else:
+            logits = self.head(self.model, tokens, branch_cache)[:, -1]
+            if allowed is not None:
+                logits = mx.where(self.head.mask(self._fit(allowed, self.head.width)), logits, -mx.inf)
+        probs = mx.softmax(filtered_logits(logits, self.temp, self.top_p), axis=-1)
+        if self.head is not None:
+            probs = mx.zeros((batch, self.head.width), probs.dtype).at[:, self.head.ids].add(probs)
+        return probs
 
     def trim(self, n: int) -> None:
         trim_prompt_cache(self.cache, n)

@@ -26,6 +26,7 @@ class RunConfig(BaseModel):
     translator: str = "context"
     translator_options: dict[str, Any] = Field(default_factory=dict)
     verifier: Optional[str] = None
+    verifier_options: dict[str, Any] = Field(default_factory=dict)
     cache_sync: str = "trim"
     k: int = Field(2, ge=1, le=64, description="draft tokens proposed per cycle (the starting k for 'adaptive')")
     k_policy: str = Field("fixed", description="how k is chosen each cycle: 'fixed' (always k) or 'adaptive'")

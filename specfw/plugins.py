@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "specfw_plugins.translators",
     "specfw_plugins.tli",
     "specfw_plugins.verifiers",
+    "specfw_plugins.slrs",
     "specfw_plugins.cache_syncs",
     "specfw_plugins.k_policies",
 )

@@ -18,7 +18,7 @@ Vocabulary words used throughout:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # imported for annotations only: keeps plugin discovery light
     import mlx.core as mx
@@ -83,6 +83,13 @@ class Drafter(Protocol):
     proposals as certain (a one-hot distribution), which is exact for them.
     Giving the softmax of a greedy drafter's logits here would break
     losslessness: the rows must be what the ids were sampled from.
+
+    Optional, for string-level verification (``slrs``):
+    ``branch_probs(ids) -> mx.array`` of shape ``(len(ids), width)``, called
+    right after :meth:`propose`: row ``j`` is the distribution the drafter
+    would draw from after the context its first proposal was drawn from
+    followed by ``ids[j]`` (the same temperature, top-p and ``allowed`` as
+    ``last_probs``), all rows in one batched pass, without changing its cache.
 
     Optional, for proposals in the target's vocabulary:
     ``propose_target(target_ids, k) -> list[int]`` gets every accepted target
@@ -193,9 +200,41 @@ class Translator(Protocol):
 
 @dataclass
 class VerifierSetup:
-    """What a verifier is built from: the run's settings (temperature, top-p, seed)."""
+    """What a verifier is built from: the run's settings (temperature, top-p, seed).
+
+    ``draft_vocab`` / ``target_vocab``: the bytes every draft / target id
+    spells (:meth:`specfw.tokenizers.Tokenizer.token_bytes`, ``b""`` for
+    special ids), given only to a verifier class with
+    ``wants_draft_strings = True`` in a run with a drafter; else None. They
+    are data, not tokenizers: a verifier still never encodes text.
+    """
 
     config: RunConfig
+    draft_vocab: Sequence[bytes] | None = None
+    target_vocab: Sequence[bytes] | None = None
+
+
+@dataclass
+class DraftStrings:
+    """One cycle's draft, as a verifier with ``wants_draft_strings = True`` receives it.
+
+    ``draft_ids``: the k ids the drafter proposed; ``probs``: its
+    ``last_probs`` (row ``i`` what ``draft_ids[i]`` was drawn from; None when
+    it proposed deterministically); ``offset``: how many leading bytes of the
+    proposal's string the target has already accepted (a held-back partial
+    character; the proposed target ids spell the string from there);
+    ``branch_probs``: the drafter's ``branch_probs`` (see :class:`Drafter`),
+    or None. The verifier sets ``fell_back`` when it verified the cycle
+    with a simpler rule for cost, and adds its own seconds to ``psi_s``; the
+    scheduler counts both in :class:`~specfw.stats.RunStats`.
+    """
+
+    draft_ids: list[int]
+    probs: mx.array | None
+    offset: int
+    branch_probs: Callable[[Sequence[int]], mx.array] | None = None
+    fell_back: bool = False
+    psi_s: float = 0.0
 
 
 @runtime_checkable
@@ -218,6 +257,10 @@ class Verifier(Protocol):
     ``to_target_probs``; otherwise None, meaning the proposals are to be
     treated as deterministic. The built-in ``speculative`` verifier uses
     them; ``greedy`` and ``sample`` ignore them.
+
+    ``draft_strings`` (optional): a :class:`DraftStrings`, passed only to a
+    verifier class with ``wants_draft_strings = True`` when the drafter
+    proposed this cycle (the built-in ``slrs`` verifier); otherwise not passed.
 
     :meth:`next_id` is the target-alone step: from one row of logits, the
     next id as a lazy scalar ``mx.array`` (no sync), drawn exactly as

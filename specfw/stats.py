@@ -26,7 +26,10 @@ class RunStats:
     verification (the target-alone path: its steps). ``sources``: per proposal
     source (``draft``: the drafter's vocabulary, translated; ``target``: a
     combined drafter's target-vocabulary part), the verified cycles, proposed
-    and accepted ids.
+    and accepted ids. ``fallback_cycles``: cycles a string-level verifier
+    (``slrs``) verified with the ``sample`` rule because its ψ computation
+    would have exceeded its cost bound; ``psi_s``: the seconds it spent
+    computing ψ (branch pass included), inside ``verify_s``.
     """
 
     cycles: int = 0
@@ -44,6 +47,8 @@ class RunStats:
     verify_s: float = 0.0
     host_syncs: int = 0
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    fallback_cycles: int = 0
+    psi_s: float = 0.0
 
     def count_source(self, source: str, proposed: int, accepted: int) -> None:
         """Add one verified cycle to ``sources[source]`` (cycles, proposed, accepted)."""
