@@ -167,7 +167,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": engine.model_id, "busy": engine.busy, "waiting": engine.waiting}
+        return {"status": "ok", "model": engine.model_id, "busy": engine.busy, "waiting": engine.waiting,
+                "completed": engine.completed, "cancelled": engine.cancelled}
 
     @app.get("/v1/models")
     async def models() -> ModelList:

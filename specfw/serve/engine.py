@@ -127,6 +127,8 @@ class Engine:
         self._lock = threading.Condition()
         self._closing = False
         self.busy = False
+        self.completed = 0  # generations run to their end (length, stop sequence or stop id)
+        self.cancelled = 0  # generations stopped early because their client went away
         self._worker = threading.Thread(target=self._work, name="specfw-generation", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------
@@ -205,7 +207,8 @@ class Engine:
 
     def _work(self) -> None:
         while (job := self._next()) is not None:
-            if job.cancelled.is_set():
+            if job.cancelled.is_set():  # its client left while it waited
+                self.cancelled += 1
                 continue
             self.busy = True
             try:
@@ -273,6 +276,10 @@ class Engine:
                 "verifier": c.verifier_name,
             },
         )
+        if finish == "cancelled":
+            self.cancelled += 1
+        else:
+            self.completed += 1
         job.emit(Finished(finish or stats.finish_reason or "length", n, info))
 
     def _stream(self, run: Run):

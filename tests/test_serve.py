@@ -1,0 +1,375 @@
+"""`specfw serve` as a user meets it: a real server subprocess on 127.0.0.1, the official `openai` client.
+
+Greedy text through the server must equal `specfw run --json` and the
+target alone; a bounded load of concurrent clients gets right answers or
+clean 503s; faults get the right status and an OpenAI error body and leave
+the server running; SIGTERM drains the request in flight, then exits 0.
+Traffic goes to loopback only; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from specfw.cli import main
+
+API_KEY = "test-key-1234"
+MAX_BODY = 256 * 1024
+PROMPTS = ["The capital of France is", "Once upon a time, there was a little"]
+MAX_TOKENS = 10
+START_TIMEOUT_S = 300  # first use imports the default pair into the session's model cache
+REQUEST_TIMEOUT_S = 300
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _session_env(tmp_path_factory) -> dict:
+    # The same model cache as every other test of the session (conftest's _isolated_cache).
+    return {**os.environ, "SPECFW_CACHE": str(tmp_path_factory.getbasetemp() / "specfw-cache")}
+
+
+class Server:
+    """A `specfw serve` subprocess on a free loopback port."""
+
+    def __init__(self, env: dict, *args: str, api_key: str | None = None) -> None:
+        self.port = _free_port()
+        self.api_key = api_key
+        extra = ["--api-key", api_key] if api_key else []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "specfw.cli", "serve", "--port", str(self.port), *extra, *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited: {self.proc.stdout.read()}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise AssertionError("server did not answer /health in time")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def headers(self, key: str | None = "default") -> dict:
+        key = self.api_key if key == "default" else key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                key: str | None = "default"):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_S)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json",
+                                                            **self.headers(key), **(headers or {})})
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, dict(response.getheaders()), data
+        finally:
+            conn.close()
+
+    def get(self, path: str):
+        status, _, data = self.request("GET", path)
+        return status, json.loads(data)
+
+    def post(self, path: str, payload, **kwargs):
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        status, headers, data = self.request("POST", path, body, **kwargs)
+        return status, headers, json.loads(data)
+
+    def client(self, **kwargs):
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key=self.api_key or "none", max_retries=0,
+                      timeout=REQUEST_TIMEOUT_S, **kwargs)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(_session_env(tmp_path_factory), "--max-queue", "3", "--max-body-bytes", str(MAX_BODY),
+                 api_key=API_KEY)
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory):
+    """The target alone's greedy text for a prompt, computed in this process (same cache, same models)."""
+    from specfw.config import RunConfig
+    from specfw.models import load_model
+    from specfw.run import Run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECFW_CACHE", _session_env(tmp_path_factory)["SPECFW_CACHE"])
+        target = load_model("gemma3-270m")
+    texts: dict[str, str] = {}
+
+    def text(prompt: str, max_tokens: int = MAX_TOKENS) -> str:
+        if (prompt, max_tokens) not in texts:
+            config = RunConfig(prompt=prompt, baseline=True, max_tokens=max_tokens)
+            texts[prompt, max_tokens] = Run(config, target=target).result().text
+        return texts[prompt, max_tokens]
+
+    return text
+
+
+def _error(body: dict) -> dict:
+    assert set(body) == {"error"}, body
+    assert {"message", "type", "code"} <= set(body["error"]), body
+    assert body["error"]["message"], body
+    return body["error"]
+
+
+# --------------------------------------------------------------------------- fast: bad flags
+
+
+def test_bad_serve_flags_are_one_line(capsys):
+    for args, needle in ((["--port", "70000"], "--port"), (["--max-queue", "-1"], "--max-queue"),
+                         (["--max-body-bytes", "0"], "--max-body-bytes")):
+        assert main(["serve", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("specfw: error: ") and needle in err[0], err
+
+
+def test_port_in_use_and_unknown_plugin_are_one_line(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot listen on 127.0.0.1" in err[0], err
+    assert main(["serve", "--port", str(_free_port()), "--translator", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("specfw: error: unknown translator 'nope'"), err
+
+
+def test_stop_sequences_are_cut_and_held_back():
+    from specfw.serve.engine import StopText
+
+    stop = StopText(["\nUSER:", "END"])
+    sent = []
+    for piece in ["Paris", ".", "\n", "US", "ER:", " more"]:
+        text, hit = stop.feed(piece)
+        sent.append(text)
+        if hit:
+            break
+    assert "".join(sent) == "Paris." and hit
+    free = StopText(["END"])
+    assert free.feed("EN") == ("", False) and free.feed("D of") == ("", True)
+    assert StopText(["x"]).feed("abc") == ("abc", False) and StopText([]).feed("abc") == ("abc", False)
+
+
+# --------------------------------------------------------------------------- real server, real client
+
+
+@pytest.mark.slow
+def test_models_and_health(server):
+    models = server.client().models.list()
+    assert [m.id for m in models.data] == ["gemma3-270m"]
+    status, health = server.get("/health")
+    assert status == 200 and health["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_completions_equal_specfw_run_and_the_target_alone(server, expected, tmp_path_factory):
+    prompt = PROMPTS[0]
+    run = subprocess.run([sys.executable, "-m", "specfw.cli", "run", "--prompt", prompt, "--max-tokens",
+                          str(MAX_TOKENS), "--json"], env=_session_env(tmp_path_factory), capture_output=True,
+                         text=True, timeout=REQUEST_TIMEOUT_S)
+    assert run.returncode == 0, run.stderr
+    cli_text = json.loads(run.stdout)["text"]
+    assert cli_text == expected(prompt)
+
+    client = server.client()
+    response = client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+    assert response.choices[0].text == cli_text
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == MAX_TOKENS and response.usage.prompt_tokens > 0
+    info = response.model_extra["specfw"]
+    assert info["plugins"]["translator"] == "context" and info["proposed"] >= info["accepted"] >= 0
+    assert info["cycles"] > 0 and 0 <= info["acceptance_rate"] <= 1
+
+    chunks = list(client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=MAX_TOKENS, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks) == cli_text
+    assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].usage.completion_tokens == MAX_TOKENS
+
+
+@pytest.mark.slow
+def test_chat_completions_equal_the_target_alone(server, expected):
+    from specfw.serve.prompts import transcript
+
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    want = expected(transcript(messages))  # the base target has no chat template: the plain transcript
+    client = server.client()
+    response = client.chat.completions.create(model="gemma3-270m", messages=messages, max_tokens=MAX_TOKENS)
+    assert response.choices[0].message.content == want
+    assert response.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(model="gemma3-270m", messages=messages, max_tokens=MAX_TOKENS,
+                                            stream=True, extra_body={"translator": "tli", "k": 3})
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
+    assert chunks[-1].model_extra["specfw"]["plugins"]["translator"] == "tli"
+    assert chunks[-1].model_extra["specfw"]["plugins"]["k"] == 3
+
+
+@pytest.mark.slow
+def test_a_chat_follow_up_reuses_both_caches(server, expected):
+    from specfw.serve.prompts import transcript
+
+    client = server.client()
+    messages = [{"role": "user", "content": "Name a large river in Europe."}]
+    infos = []
+    for follow_up in ("Which countries does it flow through?", "How long is it?"):
+        response = client.chat.completions.create(model="gemma3-270m", messages=messages, max_tokens=MAX_TOKENS)
+        reply = response.choices[0].message.content
+        assert reply == expected(transcript(messages))
+        infos.append(response.model_extra["specfw"])
+        messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": follow_up}]
+    assert infos[-1]["prompt_cached_tokens"] > 10 and infos[-1]["draft_cached_tokens"] > 10, infos
+
+
+@pytest.mark.slow
+def test_faults_get_openai_errors_and_the_server_keeps_running(server):
+    path = "/v1/completions"
+    ok = {"prompt": PROMPTS[0], "max_tokens": 2}
+    cases = [
+        (b'{"prompt": "x", "max_tokens": ', {}, 400, "invalid_json"),
+        ({**ok, "model": "gpt-4"}, {}, 404, "model_not_found"),
+        ({**ok, "translator": "nope"}, {}, 400, "invalid_value"),
+        ({**ok, "verifier": "nope"}, {}, 400, "invalid_value"),
+        ({**ok, "frobnicate": 1}, {}, 400, "unknown_field"),
+        ({**ok, "max_tokens": 0}, {}, 400, "invalid_value"),
+        ({**ok, "max_tokens": 10**9}, {}, 400, "context_length_exceeded"),
+        ({**ok, "prompt": " word" * 40000}, {}, 400, "context_length_exceeded"),
+        ({**ok, "prompt": "x" * (MAX_BODY + 1)}, {}, 413, "request_too_large"),
+        ({**ok, "temperature": -1}, {}, 400, "invalid_value"),
+        (ok, {"key": "wrong-key"}, 401, "invalid_api_key"),
+        (ok, {"key": None}, 401, "invalid_api_key"),
+    ]
+    for payload, kwargs, status, code in cases:
+        got, _, body = server.post(path, payload, **kwargs)
+        assert got == status, (payload if isinstance(payload, bytes) else str(payload)[:80], got, body)
+        assert _error(body)["code"] == code, body
+    got, _, body = server.post("/v1/chat/completions", {"messages": [{"role": "robot", "content": "hi"}]})
+    assert got == 400 and _error(body)["param"].startswith("messages")
+    status, _, data = server.request("GET", "/v1/nothing-here")
+    assert status == 404 and _error(json.loads(data))["type"] == "not_found_error"
+    # The official client raises its own error types from these bodies.
+    import openai
+
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError):
+        server.client().completions.create(model="nope", prompt="x", max_tokens=2)
+    assert server.get("/health")[0] == 200
+    assert server.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=2).choices[0].text
+
+
+@pytest.mark.slow
+def test_a_client_that_disconnects_mid_stream_frees_the_slot(server, expected):
+    before = server.get("/health")[1]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT_S)
+    body = json.dumps({"prompt": PROMPTS[1], "max_tokens": 400, "stream": True})
+    conn.request("POST", "/v1/completions", body=body,
+                 headers={"Content-Type": "application/json", **server.headers()})
+    response = conn.getresponse()
+    assert response.status == 200
+    while not response.readline().startswith(b"data: {"):  # the first token has been generated
+        pass
+    conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes away mid-generation
+    conn.close()
+    # The next request is served (the abandoned one stops within a cycle, far short of its 400 tokens).
+    answer = server.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=MAX_TOKENS)
+    assert answer.choices[0].text == expected(PROMPTS[0])
+    after = server.get("/health")[1]
+    assert after["cancelled"] == before["cancelled"] + 1 and after["busy"] is False, (before, after)
+
+
+@pytest.mark.slow
+def test_concurrent_clients_get_right_text_or_a_clean_503(server, expected):
+    """8 clients x 4 requests, half of them streaming, against a queue of 3: answers are right or 503s."""
+    import openai
+
+    def client_session(index: int) -> list[str]:
+        client = server.client()
+        outcomes = []
+        for turn in range(4):
+            prompt = PROMPTS[(index + turn) % len(PROMPTS)]
+            try:
+                if (index + turn) % 2:
+                    chunks = client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=6, stream=True)
+                    text = "".join(c.choices[0].text for c in chunks)
+                else:
+                    text = client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=6).choices[0].text
+                assert text == expected(prompt, 6), (prompt, text)
+                outcomes.append("ok")
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 503, exc
+                assert int(exc.response.headers["retry-after"]) >= 1
+                assert exc.body["code"] == "queue_full", exc.body  # the client hands over the inner error object
+                outcomes.append("503")
+        return outcomes
+
+    for prompt in PROMPTS:
+        expected(prompt, 6)  # computed before the clients start
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(client_session, i) for i in range(8)]
+        outcomes = [o for f in futures for o in f.result(timeout=900)]
+    assert len(outcomes) == 32 and "ok" in outcomes and "503" in outcomes, outcomes
+    status, health = server.get("/health")
+    assert status == 200 and health["waiting"] == 0
+
+
+@pytest.mark.slow
+def test_sigterm_drains_the_request_in_flight_then_exits_0(tmp_path_factory, expected):
+    srv = Server(_session_env(tmp_path_factory))
+    try:
+        result = {}
+
+        def ask():
+            result["text"] = srv.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0],
+                                                             max_tokens=MAX_TOKENS).choices[0].text
+
+        asking = threading.Thread(target=ask)
+        asking.start()
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while not srv.get("/health")[1]["busy"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        srv.proc.send_signal(signal.SIGTERM)
+        asking.join(timeout=REQUEST_TIMEOUT_S)
+        assert result.get("text") == expected(PROMPTS[0])
+        assert srv.proc.wait(timeout=120) == 0
+    finally:
+        srv.stop()
