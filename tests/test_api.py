@@ -135,14 +135,22 @@ def test_prompt_cache_survives_a_generation_closed_early():
 
 
 @pytest.fixture(scope="module")
-def real_pair():
+def session_cache(tmp_path_factory):
+    """The session's model cache (conftest's), set for module-scoped fixtures, which start before it is."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECFW_CACHE", str(tmp_path_factory.getbasetemp() / "specfw-cache"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def real_pair(session_cache):
     target_model, target_tok = specfw.load("gemma3-270m")
     draft_model, draft_tok = specfw.load("smollm2-135m-instruct")
     return target_model, target_tok, draft_model, draft_tok
 
 
 @pytest.fixture(scope="module")
-def mlx_lm_tokenizers(real_pair):
+def mlx_lm_tokenizers(real_pair, session_cache):
     """mlx-lm's own TokenizerWrapper objects for the same folders (what mlx_lm.load returns)."""
     from mlx_lm.utils import load_tokenizer
 
@@ -151,15 +159,23 @@ def mlx_lm_tokenizers(real_pair):
     return load_tokenizer(model_path("gemma3-270m")), load_tokenizer(model_path("smollm2-135m-instruct"))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("translator", ["none", "naive", "context", "tli"])
-def test_stream_generate_equals_mlx_lm_target_alone(real_pair, mlx_lm_tokenizers, translator):
+@pytest.fixture(scope="module")
+def mlx_lm_tokens(real_pair, mlx_lm_tokenizers):
+    """mlx-lm's target-alone tokens for each prompt (its own stream_generate and tokenizer object)."""
     from mlx_lm import stream_generate as mlx_lm_stream_generate
 
+    target_model, wrapper = real_pair[0], mlx_lm_tokenizers[0]
+    return {prompt: [r.token for r in mlx_lm_stream_generate(target_model, wrapper, prompt, max_tokens=MAX_TOKENS)]
+            for prompt in PROMPTS}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("translator", ["none", "naive", "context", "tli"])
+def test_stream_generate_equals_mlx_lm_target_alone(real_pair, mlx_lm_tokenizers, mlx_lm_tokens, translator):
     target_model, _, draft_model, _ = real_pair
     target_wrapper, draft_wrapper = mlx_lm_tokenizers
     for prompt in PROMPTS:
-        expected = [r.token for r in mlx_lm_stream_generate(target_model, target_wrapper, prompt, max_tokens=MAX_TOKENS)]
+        expected = mlx_lm_tokens[prompt]
         responses = list(specfw.stream_generate(target_model, target_wrapper, prompt, draft_model=draft_model,
                                                 draft_tokenizer=draft_wrapper, translator=translator,
                                                 max_tokens=MAX_TOKENS))
