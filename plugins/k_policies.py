@@ -7,7 +7,7 @@ what the cycle cost and yielded (:class:`specfw.protocols.CycleReport`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from specfw.hookspecs import hookimpl
 from specfw.protocols import CycleReport, KPolicySetup
@@ -37,12 +37,25 @@ class _SourceEstimate:
     accepted: float = 1.0  # pseudo-counts: start from α = 0.5
     rejected: float = 1.0
     ratio: float = 1.0  # target ids proposed per draft token
-    idle: int = 0  # cycles since this source last drafted
     explore_cost: float = 0.0  # seconds explorations cost beyond a plain step, in total
     explored: int = 0
 
     def alpha(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
+
+
+@dataclass
+class _CostModel:
+    """What the adaptive policy has learnt about one pair of models and plugins."""
+
+    sources: dict[str, _SourceEstimate] = field(default_factory=dict)
+    # weighted sums for the least-squares line t_v(n) = a + b n
+    w: float = 0.0
+    wn: float = 0.0
+    wnn: float = 0.0
+    wt: float = 0.0
+    wnt: float = 0.0
+    elapsed: float = 0.0  # seconds of every observed cycle
 
 
 class AdaptiveK:
@@ -72,25 +85,31 @@ class AdaptiveK:
     bounded: after at least ``explore_every`` (8) idle cycles, a source is
     explored only while its explorations have cost at most ``explore_budget``
     (1%) of the time spent so far.
+
+    What it learns is kept for the rest of the process per ``KPolicySetup.pair``
+    (the models and plugins of the run), so later generations on the same pair
+    (an eval sweep, a server) start from the estimates, not from ``--k``.
     """
 
     name = "adaptive"
     DECAY = 0.95
     explore_every = 8
     explore_budget = 0.01
+    _learnt: dict[str, _CostModel] = {}
 
     def __init__(self, setup: KPolicySetup) -> None:
         config = setup.config
         self.k_max = max(config.k_max, 1)
         self.k = min(config.k, self.k_max)
-        self.sources: dict[str, _SourceEstimate] = {}
-        # weighted sums for the least-squares line t_v(n) = a + b n
-        self._w = self._wn = self._wnn = self._wt = self._wnt = 0.0
-        self.elapsed = 0.0  # seconds of every observed cycle
+        if setup.pair:
+            self.model = self._learnt.setdefault(setup.pair, _CostModel())
+        else:
+            self.model = _CostModel()
         self._exploring: set[str] = set()
+        self._idle: dict[str, int] = {}
 
     def source(self, name: str = "draft") -> _SourceEstimate:
-        return self.sources.setdefault(name, _SourceEstimate())
+        return self.model.sources.setdefault(name, _SourceEstimate())
 
     # -- estimates ---------------------------------------------------------
 
@@ -99,11 +118,12 @@ class AdaptiveK:
 
     def verify_cost(self, n: float) -> float | None:
         """Estimated seconds of a target pass over ``n`` ids, or None before any observation."""
-        if self._w == 0:
+        m = self.model
+        if m.w == 0:
             return None
-        mean_n, mean_t = self._wn / self._w, self._wt / self._w
-        var = self._wnn / self._w - mean_n**2
-        slope = (self._wnt / self._w - mean_n * mean_t) / var if var > 1e-9 else 0.0
+        mean_n, mean_t = m.wn / m.w, m.wt / m.w
+        var = m.wnn / m.w - mean_n**2
+        slope = (m.wnt / m.w - mean_n * mean_t) / var if var > 1e-9 else 0.0
         if slope < 0 or var <= 1e-9:
             # one width seen so far (or noise): assume the cost per id it implies, the safe guess on any device
             slope = max(slope, 0.0) if var > 1e-9 else mean_t / max(mean_n, 1.0) * 0.5
@@ -134,31 +154,31 @@ class AdaptiveK:
             return self.k  # not enough measured yet: keep the starting k
         best = max(rates, key=lambda k: (rates[k], -k))
         if best:
-            est.idle = 0
+            self._idle[source] = 0
             return best
-        est.idle += 1
-        if est.idle >= self.explore_every and est.explore_cost <= self.explore_budget * self.elapsed:
-            est.idle = 0
+        self._idle[source] = self._idle.get(source, 0) + 1
+        if self._idle[source] >= self.explore_every and est.explore_cost <= self.explore_budget * self.model.elapsed:
+            self._idle[source] = 0
             self._exploring.add(source)
             return 1
         return 0
 
     def observe(self, report: CycleReport) -> None:
-        d = self.DECAY
+        d, m = self.DECAY, self.model
         n = report.fed
         cycle_s = report.draft_s + report.translate_s + report.verify_s
-        self.elapsed += cycle_s
+        m.elapsed += cycle_s
         if report.source in self._exploring and report.k:
             self._exploring.discard(report.source)
             plain = self.verify_cost(1) or 0.0
             est = self.source(report.source)
             est.explored += 1
             est.explore_cost += max(0.0, cycle_s - plain * (report.accepted + 1))
-        self._w = d * self._w + 1
-        self._wn = d * self._wn + n
-        self._wnn = d * self._wnn + n * n
-        self._wt = d * self._wt + report.verify_s
-        self._wnt = d * self._wnt + n * report.verify_s
+        m.w = d * m.w + 1
+        m.wn = d * m.wn + n
+        m.wnn = d * m.wnn + n * n
+        m.wt = d * m.wt + report.verify_s
+        m.wnt = d * m.wnt + n * report.verify_s
         if report.k == 0:
             return
         est = self.source(report.source)

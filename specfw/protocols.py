@@ -307,9 +307,15 @@ class CacheSync(Protocol):
 
 @dataclass
 class KPolicySetup:
-    """What a k policy is built from: the run's settings (``k``, ``k_max``)."""
+    """What a k policy is built from: the run's settings (``k``, ``k_max``).
+
+    ``pair``: names the run's target, draft model, drafter, translator,
+    verifier and cache-sync; a policy may keep what it learnt under it for
+    later runs in the same process ("" when unknown: learn afresh).
+    """
 
     config: RunConfig
+    pair: str = ""
 
 
 @dataclass

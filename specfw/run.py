@@ -209,7 +209,11 @@ class Run:
         if callable(getattr(translator, "allowed_mask", None)):
             allowed = translator.allowed_mask(_logits_width(draft_model, draft_tok))
         draft_ids = self._prompt_ids(self.draft, draft_tok) if self.draft else prompt_ids(draft_tok, c.prompt)
-        k_policy = _build(self.plugin_classes["k_policy"], KPolicySetup(c))
+        pair = "|".join(str(part) for part in (
+            self.target.source, self.draft.source if self.draft else c.draft, c.drafter, translator_cls.name,
+            c.verifier_name, c.cache_sync, c.prefix_window, c.temp, sorted(c.drafter_options.items()),
+            sorted(c.translator_options.items())))
+        k_policy = _build(self.plugin_classes["k_policy"], KPolicySetup(c, pair=pair))
         return DraftSide(drafter, translator, draft_tok, draft_ids, c.k, allowed=allowed, draft_probs=draft_probs,
                          k_policy=k_policy)
 

@@ -77,14 +77,14 @@ def test_adaptive_exploration_cost_stays_within_its_budget():
     costs = dict(draft_per_token=0.2, verify_base=0.1, verify_per_id=0.01)
     policy = _adaptive(k=2, k_max=4)
     _feed(policy, alpha=0.05, cycles=20, **costs)
-    policy.elapsed = 0.0
-    for est in policy.sources.values():
+    policy.model.elapsed = 0.0
+    for est in policy.model.sources.values():
         est.explore_cost, est.explored = 0.0, 0
     _feed(policy, alpha=0.05, cycles=3000, seed=3, **costs)
     est = policy.source("draft")
     one_exploration = costs["draft_per_token"] + costs["verify_per_id"]  # a k = 1 cycle beyond a plain step
     assert est.explored >= 2, "explorations must keep coming"
-    assert est.explore_cost <= AdaptiveK.explore_budget * policy.elapsed + one_exploration * 1.5
+    assert est.explore_cost <= AdaptiveK.explore_budget * policy.model.elapsed + one_exploration * 1.5
     assert est.explored < 3000 * 0.05, "explorations must be rare"
 
 
@@ -96,6 +96,17 @@ def test_adaptive_returns_to_drafting_when_acceptance_rises():
     assert policy.choose() == 0
     _feed(policy, alpha=0.95, cycles=1500, seed=1, **costs)
     assert policy.choose() >= 2
+
+
+def test_adaptive_keeps_what_it_learnt_per_pair():
+    """A later policy on the same pair starts from the estimates; another pair starts afresh."""
+    config = RunConfig(prompt="x", k=2, k_max=4, k_policy="adaptive")
+    first = AdaptiveK(KPolicySetup(config, pair="test-pair-a"))
+    _feed(first, alpha=0.05, draft_per_token=0.2, verify_base=0.1, verify_per_id=0.01, cycles=50)
+    assert first.choose() == 0
+    again = AdaptiveK(KPolicySetup(config, pair="test-pair-a"))
+    assert again.choose() == 0 and again.alpha() == first.alpha()
+    assert AdaptiveK(KPolicySetup(config, pair="test-pair-b")).choose() == 2  # nothing learnt: the starting k
 
 
 def test_adaptive_learns_each_source_apart():
