@@ -302,6 +302,9 @@ def cmd_run(args) -> int:
     if not config.baseline and config.k_policy != "fixed":
         chosen = " ".join(f"{k}:{n}" for k, n in sorted(s.k_counts.items()))
         mode = f"translator={run.translator_used} k_policy={config.k_policy} k_chosen[{chosen}]"
+    if not config.baseline and "+" in config.drafter:  # a combined drafter: what each source proposed and got accepted
+        per_source = " ".join(f"{name}:{c['accepted']}/{c['proposed']}" for name, c in sorted(s.sources.items()))
+        mode = f"drafter={config.drafter} sources[{per_source}] {mode}"
     print(
         f"specfw: {mode} cache_sync={config.cache_sync} verifier={config.verifier_name} | "
         f"generated={s.generated} cycles={s.cycles} proposed={s.proposed} accepted={s.accepted} "
