@@ -35,6 +35,9 @@ def _add_model_flags(p) -> None:
     p.add_argument("--k", type=int, default=2, help="draft tokens per cycle; the starting k for --k-policy adaptive (default: 2)")
     p.add_argument("--k-policy", default="fixed", help="k policy plugin: fixed (always --k) or adaptive (chooses 0..--k-max each cycle from measured costs) (default: fixed)")
     p.add_argument("--k-max", type=int, default=8, help="largest k the adaptive policy may choose (default: 8)")
+    p.add_argument("--draft-ahead", type=int, default=0, metavar="N",
+                   help="parallel drafting (PEARL-style): the drafter drafts N ids past each proposal on a second "
+                   "stream while the target verifies it, reused next cycle when the accepted text agrees (default: 0, off)")
     p.add_argument("--cache-sync", default="trim", help="cache-sync plugin: trim or rewind (default: trim)")
     p.add_argument("--verifier", default=None, help="verifier plugin: greedy, sample or speculative (default: greedy at --temp 0; speculative for tli, else sample)")
     p.add_argument("--prefix-window", type=int, default=4, help="accepted target tokens used as context by translators (context) and by --cache-sync rewind (default: 4)")
@@ -269,6 +272,7 @@ def _run_config(args, prompt: str, chat: bool = False):
         k=args.k,
         k_policy=args.k_policy,
         k_max=args.k_max,
+        draft_ahead=args.draft_ahead,
         prefix_window=args.prefix_window,
         prompt=prompt,
         max_tokens=args.max_tokens,

@@ -31,6 +31,8 @@ class RunConfig(BaseModel):
     k: int = Field(2, ge=1, le=64, description="draft tokens proposed per cycle (the starting k for 'adaptive')")
     k_policy: str = Field("fixed", description="how k is chosen each cycle: 'fixed' (always k) or 'adaptive'")
     k_max: int = Field(8, ge=1, le=64, description="largest k the 'adaptive' policy may choose")
+    draft_ahead: int = Field(0, ge=0, le=64, description="parallel drafting (PEARL-style): ids the drafter drafts "
+                             "past each proposal while the target verifies it; 0 turns it off")
     prefix_window: int = Field(4, ge=0, le=256, description="accepted target tokens used as context by 'context' and 'rewind'")
     prompt: str = Field(..., description="the prompt text")
     max_tokens: int = Field(128, ge=1)

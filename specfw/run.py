@@ -215,7 +215,7 @@ class Run:
             sorted(c.translator_options.items())))
         k_policy = _build(self.plugin_classes["k_policy"], KPolicySetup(c, pair=pair))
         return DraftSide(drafter, translator, draft_tok, draft_ids, c.k, allowed=allowed, draft_probs=draft_probs,
-                         k_policy=k_policy)
+                         k_policy=k_policy, ahead=c.draft_ahead)
 
     # -- running -----------------------------------------------------------
 

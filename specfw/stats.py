@@ -29,7 +29,11 @@ class RunStats:
     and accepted ids. ``fallback_cycles``: cycles a string-level verifier
     (``slrs``) verified with the ``sample`` rule because its ψ computation
     would have exceeded its cost bound; ``psi_s``: the seconds it spent
-    computing ψ (branch pass included), inside ``verify_s``.
+    computing ψ (branch pass included), inside ``verify_s``. ``reused_proposals``:
+    cycles whose proposal was left over from the previous cycle (drafted
+    ahead during its verification with ``--draft-ahead``, or proposed past
+    what the target accepted while the accepted text still agrees with it),
+    so the drafter was not called.
     """
 
     cycles: int = 0
@@ -47,6 +51,7 @@ class RunStats:
     verify_s: float = 0.0
     host_syncs: int = 0
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    reused_proposals: int = 0
     fallback_cycles: int = 0
     psi_s: float = 0.0
 
