@@ -6,7 +6,7 @@ For each bundled set (pl-questions, pl-grammar, en-prompts) it takes the first
 PROMPTS prompts and, prompt by prompt, runs every condition once (the order
 rotates from prompt to prompt, so slow drifts of the machine spread over all
 conditions): the target alone, the ``mlx`` drafter with fixed k = 1, 2, 4,
-the ``adaptive`` k policy, the model-free ``lookup`` drafter, the hybrid
+the ``adaptive`` k policy, the model-free ``lookup`` drafter (k = 4, and adaptive), the hybrid
 ``lookup+mlx`` (adaptive, each source learnt apart), and the kept
 cheaper-draft variant (``head``: the drafter's LM head restricted to its 8192
 most frequent ids). Every output must equal the target alone (asserted). It
@@ -52,6 +52,7 @@ CONDITIONS = {
     "mlx k=4": dict(k=4),
     "mlx adaptive": dict(k=2, k_policy="adaptive"),
     "lookup k=4": dict(drafter="lookup", k=4),
+    "lookup adaptive": dict(drafter="lookup", k=4, k_policy="adaptive"),
     "lookup+mlx adaptive": dict(drafter="lookup+mlx", k=2, k_policy="adaptive"),
     "mlx head=8192 k=2": dict(k=2, drafter_options={"head": "8192"}),
 }
