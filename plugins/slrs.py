@@ -24,8 +24,8 @@ for all draft ids at once from the two vocabularies' byte strings.
 
 *Cells.* The distribution after a draft id that is a proper prefix of a
 longer target token (an *open* id, " k") is needed to know where the
-candidate ends. At the first position the ``branches`` most likely open ids
-are expanded in one batched drafter pass (``Drafter.branch_probs``; the
+candidate ends. At the first position every open id with at least
+``min_mass`` of ``q_1`` is expanded in one batched drafter pass (``Drafter.branch_probs``; the
 sampled ``d_1`` reuses ``last_probs[1]``, what ``d_2`` was drawn from). The set
 is chosen from ``q_1`` alone, before the target is consulted. This splits the
 draws into cells fixed in advance: cell A (every closed id and every
@@ -46,13 +46,13 @@ token as the start. An accepted candidate that is not the translator's
 proposal is emitted too, but ends the cycle (the target's logits past it
 belong to the proposal).
 
-*Cost bound.* If covering ``cover`` of the first position's open mass would
-take more than ``branches`` expansions, the cycle verifies with the
-``sample`` rule (counted in ``RunStats.fallback_cycles``). The choice reads
+*Cost bound.* If more than ``branches`` open ids reach ``min_mass``, the
+cycle verifies with the ``sample`` rule (counted in ``RunStats.fallback_cycles``). The choice reads
 only ``q_1``, never the target, so both rules stay exact.
 
-Options (``RunConfig.verifier_options``): ``branches`` (16), ``cover`` (0.9),
-``depth`` (2: a candidate spans at most two draft ids; 1 needs no branches).
+Options (``RunConfig.verifier_options``): ``branches`` (16), ``min_mass``
+(0.01), ``depth`` (2: a candidate spans at most two draft ids; 1 needs no
+branches).
 The byte tables come from :class:`~specfw.protocols.VerifierSetup`
 (``draft_vocab``/``target_vocab``): what ids spell is all string-level
 verification needs, so the verifier stays free of tokenizers, and any
@@ -73,7 +73,7 @@ from specfw.protocols import DraftStrings, VerifierSetup
 from specfw_plugins.slrs_strings import NO_TOKEN, StringTables
 from specfw_plugins.verifiers import SampleVerifier
 
-DEFAULTS = {"branches": 16, "cover": 0.9, "depth": 2}
+DEFAULTS = {"branches": 16, "min_mass": 0.01, "depth": 2}
 _TABLES: dict[tuple[int, int], StringTables] = {}
 
 
@@ -88,16 +88,16 @@ def tables_for(draft_vocab: Sequence[bytes], target_vocab: Sequence[bytes]) -> S
 def _options(raw: dict) -> dict:
     unknown = sorted(set(raw) - set(DEFAULTS))
     if unknown:
-        raise PluginError(f"verifier 'slrs' has no option {', '.join(map(repr, unknown))}; it takes branches, cover, depth")
+        raise PluginError(f"verifier 'slrs' has no option {', '.join(map(repr, unknown))}; it takes branches, min_mass, depth")
     out = dict(DEFAULTS)
     try:
         out["branches"] = int(raw.get("branches", DEFAULTS["branches"]))
-        out["cover"] = float(raw.get("cover", DEFAULTS["cover"]))
+        out["min_mass"] = float(raw.get("min_mass", DEFAULTS["min_mass"]))
         out["depth"] = int(raw.get("depth", DEFAULTS["depth"]))
     except (TypeError, ValueError):
-        raise PluginError(f"verifier 'slrs': branches and depth must be integers, cover a number; got {raw}") from None
-    if out["branches"] < 0 or not 0.0 <= out["cover"] <= 1.0 or out["depth"] not in (1, 2):
-        raise PluginError("verifier 'slrs': branches must be >= 0, cover in [0, 1], depth 1 or 2")
+        raise PluginError(f"verifier 'slrs': branches and depth must be integers, min_mass a number; got {raw}") from None
+    if out["branches"] < 0 or not 0.0 < out["min_mass"] <= 1.0 or out["depth"] not in (1, 2):
+        raise PluginError("verifier 'slrs': branches must be >= 0, min_mass in (0, 1], depth 1 or 2")
     return out
 
 
@@ -106,9 +106,11 @@ class SLRSVerifier(SampleVerifier):
 
     name = "slrs"
     wants_draft_strings = True
+    cycle_class: type = None  # set below: the walk along the draft string (a test swaps in a wrong one)
 
     def __init__(self, setup: VerifierSetup) -> None:
         super().__init__(setup)
+        self.setup = setup
         self.options = _options(dict(getattr(setup.config, "verifier_options", {}) or {}))
         self.tables: StringTables | None = None
         if setup.draft_vocab is not None and setup.target_vocab is not None:
@@ -122,7 +124,7 @@ class SLRSVerifier(SampleVerifier):
         if draft_strings is None or draft_strings.probs is None or self.tables is None or not proposed:
             return super().verify(logits, proposed)
         start = time.perf_counter()
-        cycle = _Cycle(self.tables, draft_strings, self.options)
+        cycle = self.cycle_class(self.tables, draft_strings, self.options)
         if cycle.fell_back:
             draft_strings.fell_back = True
             draft_strings.psi_s += time.perf_counter() - start
@@ -181,15 +183,11 @@ class _Cycle:
         q1 = self.q[0]
         open_ids = root.ids[root.open]
         mass = q1[open_ids]
-        order = np.argsort(-mass, kind="stable")
-        total = float(mass.sum())
-        if total <= 0:
+        heavy = np.flatnonzero(mass >= options["min_mass"])
+        if len(heavy) > options["branches"]:
+            self.fell_back = True  # psi would need more branches than allowed
             return
-        needed = int(np.searchsorted(np.cumsum(mass[order]), options["cover"] * total - 1e-12) + 1)
-        if needed > options["branches"]:
-            self.fell_back = True
-            return
-        chosen = [int(open_ids[j]) for j in order[:needed] if mass[j] > 0]
+        chosen = [int(open_ids[j]) for j in heavy[np.argsort(-mass[heavy], kind="stable")]]
         self.branches = {self.ids[0]: self.q[1]} if self.ids[0] in chosen else {}
         others = [d for d in chosen if d != self.ids[0]]
         if others:
@@ -253,6 +251,9 @@ def _widen(r: np.ndarray, width: int) -> np.ndarray:
     if len(r) >= width:
         return r[:width]
     return np.concatenate([r, np.zeros(width - len(r))])
+
+
+SLRSVerifier.cycle_class = _Cycle
 
 
 @hookimpl

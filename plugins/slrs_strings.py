@@ -165,18 +165,25 @@ class StringTables:
         lo = bisect.bisect_right(self._sorted_targets, beta)  # strictly longer tokens that start with beta
         after = _successor(beta)
         hi = len(self._sorted_targets) if after is None else bisect.bisect_left(self._sorted_targets, after, lo)
-        extensions = sorted(self._sorted_targets[lo:hi], key=len)
         cut = len(beta)
         open_ids: set[int] = set()
-        for piece in extensions:
+        previous = b""
+        for piece in self._sorted_targets[lo:hi]:  # sorted: each trie node below beta is visited once
+            gamma = piece[cut:]
+            shared = 0
+            limit = min(len(gamma), len(previous))
+            while shared < limit and gamma[shared] == previous[shared]:
+                shared += 1
+            for end in range(max(shared, 1), len(gamma)):
+                open_ids.update(self._draft_ids_of.get(gamma[:end], ()))
+            previous = gamma
+        for piece in sorted(self._sorted_targets[lo:hi], key=len):  # longer matches overwrite shorter ones
             gamma = piece[cut:]
             start = bisect.bisect_left(self._draft_sorted, gamma)
             stop_at = _successor(gamma)
             stop = size if stop_at is None else bisect.bisect_left(self._draft_sorted, stop_at, start)
             if stop > start:
                 candidate[start:stop] = self.token_of[piece]
-            for end in range(1, len(gamma)):
-                open_ids.update(self._draft_ids_of.get(gamma[:end], ()))
         if open_ids:
             position = np.empty(len(self.draft_bytes), np.int64)
             position[self._draft_sorted_ids] = np.arange(size)

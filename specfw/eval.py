@@ -27,7 +27,7 @@ from specfw.records import EvalRecord, condition_name
 RECORDS = "records.jsonl"
 SWEEP = "sweep.json"
 # Settings that change what a record means: a resumed sweep must keep them.
-FIXED_SETTINGS = ("target", "max_tokens", "prefix_window", "chat")
+FIXED_SETTINGS = ("target", "max_tokens", "prefix_window", "chat", "temp", "verifier")
 
 
 class SweepConfig(BaseModel):
@@ -50,6 +50,10 @@ class SweepConfig(BaseModel):
     limit: Optional[int] = Field(None, ge=1)
     prefix_window: int = Field(4, ge=0)
     chat: bool = False
+    # At temp > 0 a run's ids are not compared with the baseline's (``lossless`` is then True by construction):
+    # sampling differs run by run, and tests/test_sampling.py and tests/test_slrs.py check the distribution.
+    temp: float = Field(0.0, ge=0.0, description="sampling temperature (0: greedy); each prompt's seed is its index")
+    verifier: Optional[str] = Field(None, description="verifier plugin (None: RunConfig's choice for temp and translator)")
     out: Path
 
     @field_validator("drafter", mode="before")
@@ -159,7 +163,8 @@ def _record(item, condition: str, result, target, draft, baseline: EvalRecord | 
         prompt_s=s.prompt_s,
         decode_s=s.decode_s,
         speedup=1.0 if baseline is None else (s.tps / baseline.tps if baseline.tps > 0 else 0.0),
-        lossless=True if baseline is None else sha == baseline.output_sha256,
+        # sampled runs differ run by run; their distribution is what the sampling tests check
+        lossless=True if baseline is None or sweep.temp > 0 else sha == baseline.output_sha256,
         target_bytes=target.weight_bytes,
         draft_bytes=None if draft is None else draft.weight_bytes,
         output_sha256=sha,
@@ -183,6 +188,8 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
         registry.get("translator", name)
     for name in sweep.cache_syncs:
         registry.get("cache_sync", name)
+    if sweep.verifier is not None:
+        registry.get("verifier", sweep.verifier)
     model_free = {name: not registry.get("drafter", name).cls.needs_model for name in sweep.drafter}
     for name in sweep.k_policies:
         registry.get("k_policy", name)
@@ -218,17 +225,17 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
     if todo:
         target = load_model(sweep.target, log=log)
         drafts = {name: load_model(name, log=log) for name in sweep.drafts}
-        common = dict(max_tokens=sweep.max_tokens, prefix_window=sweep.prefix_window, chat=sweep.chat)
+        common = dict(max_tokens=sweep.max_tokens, prefix_window=sweep.prefix_window, chat=sweep.chat, temp=sweep.temp)
         _warm_up(target, drafts, sweep)
         bar = tqdm(total=total, initial=total - todo, unit="run", file=sys.stderr, disable=not progress,
                    dynamic_ncols=True)
         try:
-            for item in items:
+            for seed, item in enumerate(items):
                 base_key = (item.dataset, item.id, "baseline")
                 baseline = done.get(base_key)
                 if baseline is None:
                     bar.set_description(f"{item.dataset}/{item.id} baseline")
-                    result = Run(RunConfig(prompt=item.prompt, baseline=True, **common), target=target).result()
+                    result = Run(RunConfig(prompt=item.prompt, baseline=True, seed=seed, **common), target=target).result()
                     baseline = _record(item, "baseline", result, target, None, None, sweep)
                     append_record(out, baseline)
                     done[base_key] = baseline
@@ -239,7 +246,8 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
                         continue
                     bar.set_description(f"{item.dataset}/{item.id} {name}")
                     config = RunConfig(prompt=item.prompt, drafter=plugin, k_policy=policy, k_max=sweep.k_max,
-                                       translator=translator, k=k, cache_sync=cache_sync, **common)
+                                       translator=translator, k=k, cache_sync=cache_sync, seed=seed,
+                                       verifier=sweep.verifier, **common)
                     draft = drafts.get(draft_name)
                     result = Run(config, target=target, draft=draft).result()
                     record = _record(item, name, result, target, draft, baseline, sweep,

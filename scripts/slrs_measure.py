@@ -1,0 +1,116 @@
+"""``slrs`` against ``sample`` and ``tli`` + ``speculative`` on the default real pair, side by side.
+
+For every bundled dataset, temperature, k and prompt: the target alone (for
+one target step's time), then ``context`` + ``sample``, ``context`` + ``slrs``
+and ``tli`` + ``speculative``, each with the same seed. Every run is appended to
+``OUT`` (JSONL) at once, and a rerun skips what is there, so the sweep can be
+interrupted. The table gives, pooled over prompts: accepted target ids per
+cycle, tokens per second, the share of cycles ``slrs`` verified with the
+``sample`` rule (fallback), and ψ's milliseconds per cycle against one
+target step.
+
+    python scripts/slrs_measure.py --limit 16 --max-tokens 64 --out slrs.jsonl
+    python scripts/slrs_measure.py --report slrs.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+CONDITIONS = {  # name -> (translator, verifier)
+    "sample": ("context", "sample"),
+    "slrs": ("context", "slrs"),
+    "tli+speculative": ("tli", "speculative"),
+}
+DATASETS = ("pl-questions", "pl-grammar", "en-prompts")
+
+
+def _key(row: dict) -> tuple:
+    return row["dataset"], row["prompt_index"], row["temp"], row["k"], row["condition"]
+
+
+def measure(args) -> None:
+    import specfw  # noqa: F401  (BLAS before MLX)
+    from specfw.config import RunConfig
+    from specfw.datasets import load_dataset
+    from specfw.models import load_model
+    from specfw.run import Run
+
+    out = Path(args.out)
+    done = {_key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
+    target, draft = load_model("gemma3-270m"), load_model("smollm2-135m-instruct")
+    with out.open("a") as sink:
+        for dataset in args.datasets.split(","):
+            for index, item in enumerate(load_dataset(dataset, limit=args.limit)):
+                for temp in [float(t) for t in args.temps.split(",")]:
+                    runs = [("baseline", 0)] + [(c, int(k)) for k in args.ks.split(",") for c in CONDITIONS]
+                    for condition, k in runs:
+                        row = {"dataset": dataset, "prompt_index": index, "temp": temp, "k": k, "condition": condition}
+                        if _key(row) in done:
+                            continue
+                        common = dict(prompt=item.prompt, temp=temp, seed=index, max_tokens=args.max_tokens)
+                        if condition == "baseline":
+                            config = RunConfig(**common, baseline=True)
+                        else:
+                            translator, verifier = CONDITIONS[condition]
+                            config = RunConfig(**common, k=k, translator=translator, verifier=verifier)
+                        stats = Run(config, target=target, draft=None if condition == "baseline" else draft).result().stats
+                        row.update({name: getattr(stats, name) for name in (
+                            "cycles", "proposed", "accepted", "generated", "decode_s", "verify_s", "fallback_cycles",
+                            "psi_s", "zero_new_cycles")})
+                        row["tps"] = stats.tps
+                        sink.write(json.dumps(row) + "\n")
+                        sink.flush()
+                        print(json.dumps(row), flush=True)
+
+
+def report(path: str) -> str:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    step_ms = defaultdict(list)  # (dataset, temp) -> target-alone ms per token
+    for r in rows:
+        if r["condition"] == "baseline" and r["generated"] > 1 and r["decode_s"] > 0:
+            step_ms[(r["dataset"], r["temp"])].append(1000 * r["decode_s"] / (r["generated"] - 1))
+    groups = defaultdict(list)
+    for r in rows:
+        if r["condition"] != "baseline":
+            groups[(r["dataset"], r["temp"], r["k"], r["condition"])].append(r)
+    lines = ["| dataset | temp | k | condition | prompts | accepted/cycle | tok/s | fallback | ψ ms/cycle | target step ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, temp, k, condition), group in sorted(groups.items()):
+        cycles = sum(r["cycles"] for r in group)
+        accepted = sum(r["accepted"] for r in group)
+        tps = sum(r["tps"] for r in group) / len(group)
+        steps = step_ms.get((dataset, temp), [])
+        step = f"{sum(steps) / len(steps):.1f}" if steps else "-"
+        fallback = psi = "-"
+        if condition == "slrs":
+            fallback = f"{sum(r['fallback_cycles'] for r in group) / max(cycles, 1):.1%}"
+            psi = f"{1000 * sum(r['psi_s'] for r in group) / max(cycles, 1):.1f}"
+        lines.append(f"| {dataset} | {temp} | {k} | {condition} | {len(group)} | {accepted / max(cycles, 1):.3f} "
+                     f"| {tps:.1f} | {fallback} | {psi} | {step} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--limit", type=int, default=16, help="prompts per dataset")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--temps", default="0.7,1.0")
+    parser.add_argument("--ks", default="2,4")
+    parser.add_argument("--out", default="slrs_measure.jsonl")
+    parser.add_argument("--report", metavar="JSONL", help="only print the table of an earlier sweep")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return
+    measure(args)
+    print(report(args.out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
