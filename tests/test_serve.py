@@ -142,6 +142,14 @@ def expected(tmp_path_factory):
     return text
 
 
+def _chat_reply(expected, messages: list[dict]) -> str:
+    """The target alone's reply to a chat: the base target has no chat template, so the plain transcript,
+    cut where the model starts the user's next turn."""
+    from specfw.serve.prompts import TRANSCRIPT_STOP, transcript
+
+    return expected(transcript(messages)).split(TRANSCRIPT_STOP)[0]
+
+
 def _error(body: dict) -> dict:
     assert set(body) == {"error"}, body
     assert {"message", "type", "code"} <= set(body["error"]), body
@@ -224,13 +232,20 @@ def test_completions_equal_specfw_run_and_the_target_alone(server, expected, tmp
     assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason == "length"
     assert chunks[-1].usage.completion_tokens == MAX_TOKENS
 
+    stop = " France"
+    assert stop in cli_text
+    for stream in (False, True):
+        got = client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=MAX_TOKENS, stop=[stop],
+                                        stream=stream)
+        pieces = list(got) if stream else [got]
+        assert "".join(c.choices[0].text for c in pieces) == cli_text.split(stop)[0]
+        assert pieces[-1].choices[0].finish_reason == "stop"
+
 
 @pytest.mark.slow
 def test_chat_completions_equal_the_target_alone(server, expected):
-    from specfw.serve.prompts import transcript
-
     messages = [{"role": "user", "content": "What is the capital of France?"}]
-    want = expected(transcript(messages))  # the base target has no chat template: the plain transcript
+    want = _chat_reply(expected, messages)
     client = server.client()
     response = client.chat.completions.create(model="gemma3-270m", messages=messages, max_tokens=MAX_TOKENS)
     assert response.choices[0].message.content == want
@@ -246,15 +261,13 @@ def test_chat_completions_equal_the_target_alone(server, expected):
 
 @pytest.mark.slow
 def test_a_chat_follow_up_reuses_both_caches(server, expected):
-    from specfw.serve.prompts import transcript
-
     client = server.client()
     messages = [{"role": "user", "content": "Name a large river in Europe."}]
     infos = []
     for follow_up in ("Which countries does it flow through?", "How long is it?"):
         response = client.chat.completions.create(model="gemma3-270m", messages=messages, max_tokens=MAX_TOKENS)
         reply = response.choices[0].message.content
-        assert reply == expected(transcript(messages))
+        assert reply == _chat_reply(expected, messages)
         infos.append(response.model_extra["specfw"])
         messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": follow_up}]
     assert infos[-1]["prompt_cached_tokens"] > 10 and infos[-1]["draft_cached_tokens"] > 10, infos

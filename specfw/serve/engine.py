@@ -26,7 +26,7 @@ from specfw.errors import ConfigError, SpecfwError
 from specfw.plugins import get_registry
 from specfw.prompt_cache import PromptCache
 from specfw.run import Run, prompt_ids
-from specfw.serve.prompts import chat_ids
+from specfw.serve.prompts import TRANSCRIPT_STOP, chat_ids, has_template
 from specfw.serve.protocol import SpecfwInfo
 
 
@@ -151,8 +151,11 @@ class Engine:
         if self.config.baseline:
             fields = {**fields, **{name: getattr(self.config, name) for name in ("drafter", "translator", "k",
                                                                                  "k_policy")}}
+        needs_model = self.registry.get("drafter", fields["drafter"]).cls.needs_model
+        if not needs_model:
+            fields["draft"] = None  # a model-free drafter (lookup) drafts in the target's own vocabulary
         config = RunConfig(**fields)
-        if not config.baseline and self.draft is None and self.registry.get("drafter", config.drafter).cls.needs_model:
+        if not config.baseline and self.draft is None and needs_model:
             raise ConfigError(f"drafter '{config.drafter}' needs a draft model; this server was started without one")
         return config
 
@@ -164,8 +167,11 @@ class Engine:
         """
         tok = self.target.tokenizer
         draft_ids = None
+        stop = list(stop or [])
         if messages is not None:
             target_ids = chat_ids(self.target, tok, messages)
+            if not has_template(self.target):
+                stop.append(TRANSCRIPT_STOP)
             if self.draft is not None:
                 draft_ids = chat_ids(self.draft, self.draft.tokenizer, messages)
         elif ids is not None:
@@ -182,7 +188,7 @@ class Engine:
                 f"the prompt ({len(target_ids)} tokens) plus max_tokens ({config.max_tokens}) exceeds the target's "
                 f"context of {limit}"
             )
-        return Job(config, target_ids, draft_ids, list(stop or []), loop)
+        return Job(config, target_ids, draft_ids, stop, loop)
 
     def submit(self, job: Job) -> None:
         with self._lock:

@@ -4,8 +4,8 @@ A model with a chat template gets its messages rendered by that template (as
 ``specfw run --chat`` does for one user turn); a model without one (the
 default pair's base Gemma target) gets a plain transcript, as
 ``mlx_lm.server`` does: ``USER: ...`` / ``ASSISTANT: ...`` lines ending in
-``ASSISTANT:``. Target and drafter may render differently; only the
-generated text has to agree.
+``ASSISTANT:``, and the reply stops before a new ``USER:`` line. Target
+and drafter may render differently; only the generated text has to agree.
 """
 
 from __future__ import annotations
@@ -16,6 +16,12 @@ from specfw.run import prompt_ids
 from specfw.tokenizers import Tokenizer
 
 TRANSCRIPT_ROLES = {"system": "SYSTEM", "developer": "SYSTEM", "user": "USER", "assistant": "ASSISTANT"}
+# A reply in a transcript ends where the model starts writing the user's next turn.
+TRANSCRIPT_STOP = "\nUSER:"
+
+
+def has_template(loaded: LoadedModel | None) -> bool:
+    return loaded is not None and chat_template(loaded.path) is not None
 
 
 def transcript(messages: list[dict]) -> str:
