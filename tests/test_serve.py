@@ -299,6 +299,11 @@ def test_faults_get_openai_errors_and_the_server_keeps_running(server):
     assert got == 400 and _error(body)["param"].startswith("messages")
     status, _, data = server.request("GET", "/v1/nothing-here")
     assert status == 404 and _error(json.loads(data))["type"] == "not_found_error"
+    for path in ("/health", "/v1/models", "/v1/nothing-here"):  # the key is checked before anything else
+        status, _, data = server.request("GET", path, key=None)
+        assert status == 401 and _error(json.loads(data))["code"] == "invalid_api_key"
+    status, _, data = server.request("POST", path, b'{"prompt": ', key="wrong-key")
+    assert status == 401
     # The official client raises its own error types from these bodies.
     import openai
 

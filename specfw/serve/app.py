@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Union
 
 import anyio
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -104,33 +104,39 @@ class BodyLimit:
         await self.app(scope, counted, guarded_send)
 
 
-def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               manage_engine: bool = True) -> FastAPI:
-    """The ASGI app serving ``engine``; with ``manage_engine`` its lifespan starts and stops the worker."""
+class ApiKeyGate:
+    """ASGI middleware: with a key set, every HTTP request needs ``Authorization: Bearer KEY`` (401 first)."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            scheme, _, token = given.partition(b" ")
+            # Constant time: the comparison must not reveal how much of the key matched.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key):
+                response = error_response(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                          "authentication_error", "invalid_api_key")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+    """The ASGI app serving ``engine``; its lifespan starts the generation worker and, at shutdown, drains it."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if manage_engine:
-            engine.start()
+        engine.start()
         try:
             yield
         finally:
-            if manage_engine:
-                await anyio.to_thread.run_sync(engine.stop)
+            await anyio.to_thread.run_sync(engine.stop)
 
-    async def authorized(request: Request) -> None:
-        if api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        # Constant time: the comparison must not reveal how much of the key matched.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-            raise APIError(401, "invalid or missing API key (Authorization: Bearer KEY)", "authentication_error",
-                           "invalid_api_key")
-
-    app = FastAPI(title="specfw", lifespan=lifespan, dependencies=[Depends(authorized)], docs_url=None,
-                  redoc_url=None, openapi_url=None)
+    app = FastAPI(title="specfw", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
+    if api_key is not None:
+        app.add_middleware(ApiKeyGate, key=api_key)  # added last: runs first, before the body is read
 
     # -- errors: always OpenAI's shape -----------------------------------------
 

@@ -126,6 +126,7 @@ class Engine:
         self._waiting: collections.deque[Job] = collections.deque()
         self._lock = threading.Condition()
         self._closing = False
+        self._admitted = 0  # requests queued or generating
         self.busy = False
         self.completed = 0  # generations run to their end (length, stop sequence or stop id)
         self.cancelled = 0  # generations stopped early because their client went away
@@ -194,8 +195,9 @@ class Engine:
         with self._lock:
             if self._closing:
                 raise QueueFull("the server is shutting down")
-            if len(self._waiting) >= self.max_queue:
+            if self._admitted > self.max_queue:  # one generating, max_queue waiting
                 raise QueueFull(f"the server is busy: {len(self._waiting)} requests are waiting (--max-queue)")
+            self._admitted += 1
             self._waiting.append(job)
             self._lock.notify()
 
@@ -213,18 +215,20 @@ class Engine:
 
     def _work(self) -> None:
         while (job := self._next()) is not None:
-            if job.cancelled.is_set():  # its client left while it waited
-                self.cancelled += 1
-                continue
             self.busy = True
             try:
-                self._generate(job)
+                if job.cancelled.is_set():  # its client left while it waited
+                    self.cancelled += 1
+                else:
+                    self._generate(job)
             except Exception as exc:  # reported to that request; the worker goes on
                 if self.kv is not None:
                     self.kv.clear()  # the failed generation may have left its caches half-updated
                 job.emit(Failed(exc))
             finally:
                 self.busy = False
+                with self._lock:
+                    self._admitted -= 1
 
     def _build(self, job: Job) -> Run:
         c = job.config
