@@ -1,4 +1,4 @@
-"""The ``specfw`` command line: ``specfw run``, ``models``, ``eval``, ``fidelity`` and ``plugins``.
+"""The ``specfw`` command line: ``specfw run``, ``serve``, ``models``, ``eval``, ``fidelity``, ``bench`` and ``plugins``.
 
 Every command builds the same pydantic config a library user would and calls
 the public API. Problems the user can fix end in one ``specfw: error: ...``
