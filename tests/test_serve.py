@@ -334,6 +334,19 @@ def test_a_client_that_disconnects_mid_stream_frees_the_slot(server, expected):
     after = server.get("/health")[1]
     assert after["cancelled"] == before["cancelled"] + 1 and after["busy"] is False, (before, after)
 
+    # A non-streaming client that leaves while its answer is being generated is noticed too.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT_S)
+    conn.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[1], "max_tokens": 400}),
+                 headers={"Content-Type": "application/json", **server.headers()})
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S
+    while not server.get("/health")[1]["busy"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    answer = server.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=MAX_TOKENS)
+    assert answer.choices[0].text == expected(PROMPTS[0])
+    assert server.get("/health")[1]["cancelled"] == before["cancelled"] + 2
+
 
 @pytest.mark.slow
 def test_concurrent_clients_get_right_text_or_a_clean_503(server, expected):

@@ -293,14 +293,14 @@ class Reply:
         self.job, self.request = job, request
 
     async def _next(self):
-        """The job's next event; cancels the job (and raises) when the client has disconnected meanwhile."""
+        """The job's next event; cancels the job when the client has disconnected meanwhile (a 499 nobody reads)."""
         while True:
             try:
                 return await asyncio.wait_for(self.job.events.get(), DISCONNECT_POLL_S)
             except asyncio.TimeoutError:
                 if await self.request.is_disconnected():
                     self.job.cancel()
-                    raise asyncio.CancelledError from None
+                    raise APIError(499, "the client closed the request", code="client_closed") from None
 
     async def started(self) -> int:
         """Wait for the generation to start (it may be queued); its prompt length, or the error it failed with."""
