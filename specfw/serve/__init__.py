@@ -47,7 +47,11 @@ def serve(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8080, api_k
     from specfw.serve.engine import Engine
 
     sock = listening_socket(host, port)
-    engine = Engine(config, max_queue=max_queue, prompt_cache=prompt_cache, log=log)
+    try:
+        engine = Engine(config, max_queue=max_queue, prompt_cache=prompt_cache, log=log)
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(engine, api_key=api_key, max_body_bytes=max_body_bytes)
     # Streams in flight at shutdown run to their end (they are bounded by max_tokens) instead of being cut.
     AppStatus.disable_automatic_graceful_drain()
