@@ -50,8 +50,8 @@ belong to the proposal).
 cycle verifies with the ``sample`` rule (counted in ``RunStats.fallback_cycles``). The choice reads
 only ``q_1``, never the target, so both rules stay exact.
 
-Options (``RunConfig.verifier_options``): ``branches`` (16), ``min_mass``
-(0.01), ``depth`` (2: a candidate spans at most two draft ids; 1 needs no
+Options (``RunConfig.verifier_options``): ``branches`` (8), ``min_mass``
+(0.05), ``depth`` (2: a candidate spans at most two draft ids; 1 needs no
 branches).
 The byte tables come from :class:`~specfw.protocols.VerifierSetup`
 (``draft_vocab``/``target_vocab``): what ids spell is all string-level
@@ -73,7 +73,7 @@ from specfw.protocols import DraftStrings, VerifierSetup
 from specfw_plugins.slrs_strings import NO_TOKEN, StringTables
 from specfw_plugins.verifiers import SampleVerifier
 
-DEFAULTS = {"branches": 16, "min_mass": 0.01, "depth": 2}
+DEFAULTS = {"branches": 8, "min_mass": 0.05, "depth": 2}
 _TABLES: dict[tuple[int, int], StringTables] = {}
 
 

@@ -199,3 +199,26 @@ def test_candidate_is_the_longest_target_token_or_nothing():
         assert piece and raw.startswith(piece)
         assert not any(target.tokenizer.token_bytes(i) == raw[:end] for end in range(len(piece) + 1, len(raw) + 1)
                        for i in [tab.token_of.get(raw[:end], -1)] if i >= 0)
+
+
+def test_eval_sweeps_with_slrs_at_a_temperature(tmp_path, monkeypatch):
+    """``specfw eval`` passes temp and verifier to every run; an unknown verifier fails before models load."""
+    from specfw.eval import SweepConfig, read_records, run_sweep
+
+    calls = []
+    real_verify = SLRSVerifier.verify
+
+    def counting_verify(self, *args, **kwargs):
+        calls.append(kwargs.get("draft_strings") is not None)
+        return real_verify(self, *args, **kwargs)
+
+    monkeypatch.setattr(SLRSVerifier, "verify", counting_verify)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "Zażółć gęślą jaźń"}\n{"prompt": "The capital of France is"}\n')
+    fields = dict(datasets=[str(prompts)], translators=["context"], k=[2], max_tokens=6, temp=0.7,
+                  target="tiny-random-mistral", drafts=["tiny-random-qwen2.5"])
+    run_sweep(SweepConfig(**fields, verifier="slrs", out=tmp_path / "out"), progress=False)
+    assert len(read_records(tmp_path / "out")) == 2 * 2
+    assert calls and all(calls)
+    with pytest.raises(PluginError, match="unknown verifier 'nope'"):
+        run_sweep(SweepConfig(**fields, verifier="nope", out=tmp_path / "out2"), progress=False)
