@@ -166,7 +166,8 @@ class _Cycle:
         self.depth = options["depth"]
         self.start = draft.offset  # byte where the current target position begins
         self.seen = 0  # draft ids the walk has conditioned on
-        while self.seen < len(self.ids) and self.ends[self.seen] <= self.start:
+        # every draft id that begins before the new text (it spells held-back bytes) is conditioned on
+        while self.seen < len(self.ids) and (self.ends[self.seen - 1] if self.seen else 0) < self.start:
             self.seen += 1
         self.branches: dict[int, np.ndarray] = {}
         self.fell_back = False

@@ -14,7 +14,11 @@ class RunConfig(BaseModel):
     Hugging Face id; None for both selects the default pair. Plugin fields hold registered plugin
     names (``specfw plugins`` lists them). ``verifier`` None picks ``greedy``
     when ``temp`` is 0, else ``speculative`` (the rejection rule with the
-    draft's probabilities) for the ``tli`` translator and ``sample`` for the others.
+    draft's probabilities) for the ``tli`` translator and ``sample`` for the others
+    (``slrs``, string-level rejection sampling, is not picked automatically: on
+    the default pair it accepted no more than ``sample``, see the README).
+    ``verifier_options`` are settings of the chosen verifier (``slrs``:
+    ``branches``, ``min_mass``, ``depth``).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

@@ -170,3 +170,30 @@ def test_first_position_distribution_equals_path_enumeration(pair, text, seed, b
     assert candidate == munch(tab, tab.draft_bytes[d1] + (tab.draft_bytes[d2] if is_open(d1) else b""))
     np.testing.assert_allclose(r, want, atol=1e-9)
     assert r[candidate] > 0
+
+
+@pytest.mark.parametrize("pair", PAIRS[:2])
+@given(text=st.text("żółęą€", min_size=2, max_size=3), seed=st.integers(0, 2**16))
+def test_a_position_starting_inside_a_draft_id_reads_only_the_new_bytes(pair, text, seed):
+    """The target accepted the first byte of a character the draft id spells: candidates start after it."""
+    tab = tables(*pair)
+    raw = text.encode("utf-8")
+    ids = []
+    rest = raw
+    while rest:  # the longest draft ids that spell the text
+        end = max(e for e in range(1, len(rest) + 1) if tab.draft_ids_spelling(rest[:e]))
+        ids.append(tab.draft_ids_spelling(rest[:end])[0])
+        rest = rest[end:]
+    dist = SyntheticDrafter(tab, raw, seed)
+    probs = np.stack([dist(tuple(ids[:i])) for i in range(len(ids))])
+    cycle = _Cycle(tab, DraftStrings(ids, probs, 1, None), dict(DEFAULTS))
+    known = raw[1:]
+    while cycle.seen < len(ids) or known:
+        candidate, r = cycle.next_candidate(len(tab.target_bytes))
+        if candidate is None:
+            break
+        piece = tab.target_bytes[candidate]
+        assert piece and known.startswith(piece), (piece, known)
+        assert r[candidate] > 0
+        cycle.advance(candidate)
+        known = known[len(piece):]
