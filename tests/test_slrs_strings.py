@@ -29,7 +29,8 @@ from specfw.tokenizers import load_tokenizer
 from specfw_plugins.slrs import _Cycle, DEFAULTS
 from specfw_plugins.slrs_strings import NO_TOKEN, StringTables, prefix_probability
 
-PAIRS = [("qwen2.5", "mistral-v0.1"), ("mistral-v0.1", "qwen2.5"), ("llama3", "mistral-v0.1"), ("mistral-v0.1", "llama3")]
+PAIRS = [("qwen2.5", "mistral-v0.1"), ("mistral-v0.1", "qwen2.5"), ("llama3", "mistral-v0.1"), ("mistral-v0.1", "llama3"),
+         pytest.param(("smollm2", "gemma3"), marks=pytest.mark.slow, id="default-pair")]  # imports the GGUF tokenizers
 ALPHABET = "aąbcćeęłnńoóśzźż kr.\n€"  # "€" is three bytes; mistral spells rare characters by byte pieces
 
 
