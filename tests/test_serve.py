@@ -241,6 +241,12 @@ def test_completions_equal_specfw_run_and_the_target_alone(server, expected, tmp
         assert "".join(c.choices[0].text for c in pieces) == cli_text.split(stop)[0]
         assert pieces[-1].choices[0].finish_reason == "stop"
 
+    # Sampling: the seed makes a request repeatable; the verifier is the sampling one.
+    sampled = [client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=6, temperature=0.9, seed=7)
+               for _ in range(2)]
+    assert sampled[0].choices[0].text == sampled[1].choices[0].text
+    assert sampled[0].model_extra["specfw"]["plugins"]["verifier"] == "sample"
+
 
 @pytest.mark.slow
 def test_chat_completions_equal_the_target_alone(server, expected):
