@@ -83,8 +83,9 @@ class AdaptiveK:
     explores with k = 1 now and then, so that a text that became easy to draft
     is noticed; what explorations cost beyond the plain steps they replace is
     bounded: after at least ``explore_every`` (8) idle cycles, a source is
-    explored only while its explorations have cost at most ``explore_budget``
-    (1%) of the time spent so far.
+    explored only while its explorations, this one included (forecast as
+    their mean cost so far; the first is always allowed), cost at most
+    ``explore_budget`` (1%) of the time spent so far.
 
     What it learns is kept for the rest of the process per ``KPolicySetup.pair``
     (the models and plugins of the run), so later generations on the same pair
@@ -157,7 +158,9 @@ class AdaptiveK:
             self._idle[source] = 0
             return best
         self._idle[source] = self._idle.get(source, 0) + 1
-        if self._idle[source] >= self.explore_every and est.explore_cost <= self.explore_budget * self.model.elapsed:
+        forecast = est.explore_cost / est.explored if est.explored else 0.0
+        within_budget = est.explore_cost + forecast <= self.explore_budget * self.model.elapsed
+        if self._idle[source] >= self.explore_every and within_budget:
             self._idle[source] = 0
             self._exploring.add(source)
             return 1
@@ -168,12 +171,11 @@ class AdaptiveK:
         n = report.fed
         cycle_s = report.draft_s + report.translate_s + report.verify_s
         m.elapsed += cycle_s
-        if report.source in self._exploring and report.k:
+        if report.k and report.source in self._exploring:
             self._exploring.discard(report.source)
-            plain = self.verify_cost(1) or 0.0
             est = self.source(report.source)
             est.explored += 1
-            est.explore_cost += max(0.0, cycle_s - plain * (report.accepted + 1))
+            est.explore_cost += max(0.0, cycle_s - (self.verify_cost(1) or 0.0) * (report.accepted + 1))
         m.w = d * m.w + 1
         m.wn = d * m.wn + n
         m.wnn = d * m.wnn + n * n

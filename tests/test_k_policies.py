@@ -71,8 +71,8 @@ def test_adaptive_converges_to_the_cost_models_best_k(alpha, draft_per_token, ve
 def test_adaptive_exploration_cost_stays_within_its_budget():
     """While k = 0 wins, explorations (k = 1) keep coming, and what they cost beyond plain steps stays <= 1%.
 
-    The budget is checked before each exploration, so the total may pass it by
-    at most the cost of one exploration.
+    Each exploration after the first is forecast (as the mean cost of those before it) before it is
+    allowed; with explorations that all cost the same the budget then holds at every point.
     """
     costs = dict(draft_per_token=0.2, verify_base=0.1, verify_per_id=0.01)
     policy = _adaptive(k=2, k_max=4)
@@ -82,9 +82,8 @@ def test_adaptive_exploration_cost_stays_within_its_budget():
         est.explore_cost, est.explored = 0.0, 0
     _feed(policy, alpha=0.05, cycles=3000, seed=3, **costs)
     est = policy.source("draft")
-    one_exploration = costs["draft_per_token"] + costs["verify_per_id"]  # a k = 1 cycle beyond a plain step
     assert est.explored >= 2, "explorations must keep coming"
-    assert est.explore_cost <= AdaptiveK.explore_budget * policy.model.elapsed + one_exploration * 1.5
+    assert est.explore_cost <= AdaptiveK.explore_budget * policy.model.elapsed
     assert est.explored < 3000 * 0.05, "explorations must be rare"
 
 
@@ -113,7 +112,7 @@ def test_adaptive_learns_each_source_apart():
     """A target-vocabulary source that is accepted and cheap is drafted far ahead; a costly draft source is not."""
     policy = _adaptive(k=2, k_max=6)
     rng = random.Random(5)
-    for _ in range(400):
+    for _ in range(3000):  # explorations of the costly source are rare (budgeted): give them time
         for source, alpha, per_token in (("target", 0.9, 1e-5), ("draft", 0.1, 0.08)):
             k = policy.choose(source=source)
             accepted = 0
