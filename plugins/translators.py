@@ -220,15 +220,10 @@ class ContextTranslator(_TextBackTranslation):
     The translation always spells a prefix of the proposal's bytes, and a
     proposal with at least one complete character yields at least one id. A
     trailing incomplete character is held back until a later proposal
-    completes it. Every other id is proposed, even when the proposal ends
-    inside a word whose last ids may be re-segmented once it goes on (``" k"``
-    becomes ``" kol"``): under greedy verification holding such an id back
-    can never add an accepted id (a wrong one is rejected at no cost beyond
-    one more position in the target pass), and on the default pair it cost
-    up to 0.27 accepted ids per target pass. ``unstable_share`` (a number in
-    [0, 1]; off by default) holds them back when more than that weighted
-    share of the probe letters (:data:`PROBE_LETTERS`) would change them (see
-    :meth:`_stable`), trading accepted ids for a narrower target pass.
+    completes it. When the proposal ends inside a word, its last ids may be
+    re-segmented once the word goes on (``" k"`` becomes ``" kol"``); those
+    ids are held back when more than ``unstable_share`` of the probe letters
+    (:data:`PROBE_LETTERS`, weighted) would change them (see :meth:`_stable`).
 
     Backward (:meth:`to_draft`): :func:`context_resync` with a draft-side
     window of ``prefix_window`` draft ids, so the drafter's context is the
@@ -236,8 +231,8 @@ class ContextTranslator(_TextBackTranslation):
     """
 
     name = "context"
-    unstable_share: float | None = None
-    """Largest weighted share of probe letters that may change a proposed id; None (default) proposes every id."""
+    unstable_share: float | None = 0.4
+    """Largest weighted share of probe letters that may change a proposed id; None proposes every id."""
 
     def __init__(self, setup: TranslatorSetup) -> None:
         self.draft = setup.draft_tokenizer

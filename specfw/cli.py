@@ -176,7 +176,7 @@ def _add_fidelity_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="first N texts of each --text source")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a translator setting, as for specfw run (e.g. unstable_share=0.4)")
+                   help="a translator setting, as for specfw run (e.g. unstable_share=off)")
     p.set_defaults(func=cmd_fidelity)
 
 
