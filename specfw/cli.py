@@ -31,7 +31,7 @@ def _add_model_flags(p) -> None:
                    help="a drafter setting, repeatable (mlx: quantize=4|8, head=N|allowed|FILE; lookup: max_ngram, min_ngram)")
     p.add_argument("--translator", default="context", help="translator plugin: none, naive, context, tli, ... (default: context)")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a translator setting, repeatable (context: unstable_share=NUMBER in [0, 1] holds back unstable word ends; off by default)")
+                   help="a translator setting, repeatable (context: unstable_share=0.4 by default holds back unstable word ends; off proposes every id)")
     p.add_argument("--k", type=int, default=2, help="draft tokens per cycle; the starting k for --k-policy adaptive (default: 2)")
     p.add_argument("--k-policy", default="fixed", help="k policy plugin: fixed (always --k) or adaptive (chooses 0..--k-max each cycle from measured costs) (default: fixed)")
     p.add_argument("--k-max", type=int, default=8, help="largest k the adaptive policy may choose (default: 8)")
