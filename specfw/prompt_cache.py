@@ -51,7 +51,8 @@ class PromptCache:
         kept, self._target = self._target, None
         if kept is not None:
             cache, ids, fed_after, cached = kept
-            reused = _trimmed(cache, (list(ids) + list(fed_after))[:cached], prompt_ids)
+            held = (list(ids) + list(fed_after))[:cached]
+            reused = _trimmed(cache, held, prompt_ids) if len(held) == cached else 0
             if reused:
                 self.target_reused = reused
                 return cache, reused
@@ -64,7 +65,9 @@ class PromptCache:
         if kept is None or not isinstance(getattr(drafter, "cache", None), list):
             return 0
         cache, sync = kept
-        reused = _trimmed(cache, (sync.seq + sync.outstanding)[: sync.cached], prompt_ids)
+        held = (sync.seq + sync.outstanding)[: sync.cached]
+        # A drafter cache holding more than its ids say (proposals kept for later) is not reused.
+        reused = _trimmed(cache, held, prompt_ids) if len(held) == sync.cached else 0
         if reused:
             drafter.cache = cache
             self.draft_reused = reused

@@ -95,15 +95,17 @@ TURNS = st.lists(
 )
 
 
-@given(turns=TURNS, translator=st.sampled_from(["context", "tli", "naive"]), baseline=st.booleans())
-def test_prompt_cache_changes_no_id(turns, translator, baseline):
+@given(turns=TURNS, translator=st.sampled_from(["context", "tli", "naive"]), baseline=st.booleans(),
+       ahead=st.sampled_from([0, 2]))
+def test_prompt_cache_changes_no_id(turns, translator, baseline, ahead):
     """A conversation where each prompt extends the last one plus its reply: same ids with the cache, prefill skipped."""
     target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")
     cache = PromptCache()
     conversation = ""
     for turn in turns:
         conversation += turn
-        config = RunConfig(prompt=conversation, translator=translator, baseline=baseline, max_tokens=6, k=3)
+        config = RunConfig(prompt=conversation, translator=translator, baseline=baseline, max_tokens=6, k=3,
+                           draft_ahead=ahead)
         target_ids, draft_ids = prompt_ids(target.tokenizer, conversation), prompt_ids(draft.tokenizer, conversation)
         cached_run = PromptRun(config, target_ids, draft_ids, target=target, draft=None if baseline else draft)
         with_cache = [t.id for t in cached_run.stream(prompt_cache=cache)]
