@@ -6,11 +6,12 @@ import random
 from typing import Sequence
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import trim_prompt_cache
 
 from specfw.errors import PluginError
 from specfw.forward import PREFILL_CHUNK, prefill
 from specfw.hookspecs import hookimpl
+from specfw.kv_cache import make_trimmable_cache
 from specfw.protocols import DrafterSetup
 from specfw_plugins.draft_model_options import RestrictedHead, head_ids, quantized_copy
 from specfw_plugins.verifiers import filtered_logits
@@ -68,7 +69,7 @@ class MLXDrafter:
         self.key = mx.random.key((self.seed * 2654435761 + 0x5D7AF7) % 2**63)
 
     def reset(self) -> None:
-        self.cache = make_prompt_cache(self.model)
+        self.cache = make_trimmable_cache(self.model)
         self.last_probs = None
         self.reset_key()
 
@@ -135,7 +136,7 @@ class MLXDrafter:
         k = self.last_probs.shape[0]
         root = self.cache[0].offset - (k - 1)  # the cache holds the context and every proposal but the last
         batch = len(ids)
-        branch_cache = make_prompt_cache(self.model)
+        branch_cache = make_trimmable_cache(self.model)
         for own, copy in zip(self.cache, branch_cache):
             copy.keys = mx.repeat(own.keys[..., :root, :], batch, axis=0)
             copy.values = mx.repeat(own.values[..., :root, :], batch, axis=0)

@@ -14,10 +14,12 @@ import tempfile
 from pathlib import Path
 
 
-def tiny_model(model_type: str, vocab_size: int, hidden: int = 64, layers: int = 2, seed: int = 0):
+def tiny_model(model_type: str, vocab_size: int, hidden: int = 64, layers: int = 2, seed: int = 0, **overrides):
     """A small random-weight float32 mlx-lm model with a real vocabulary size.
 
-    Returns ``(model, config_dict)``; the same arguments give the same weights.
+    ``overrides`` are extra config entries (e.g. ``sliding_window`` for
+    ``gemma3_text``). Returns ``(model, config_dict)``; the same arguments
+    give the same weights.
     """
     import mlx.core as mx
     from mlx_lm.utils import _get_classes
@@ -34,6 +36,7 @@ def tiny_model(model_type: str, vocab_size: int, hidden: int = 64, layers: int =
         "max_position_embeddings": 4096,
         "rope_theta": 10000.0,
         "tie_word_embeddings": model_type == "qwen2",
+        **overrides,
     }
     model_cls, args_cls = _get_classes(config)
     mx.random.seed(seed)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
+from specfw.kv_cache import make_trimmable_cache
 
 from specfw.text import common_prefix_len
 
@@ -56,7 +58,7 @@ class PromptCache:
             if reused:
                 self.target_reused = reused
                 return cache, reused
-        return make_prompt_cache(model), 0
+        return make_trimmable_cache(model), 0
 
     def reuse_draft(self, drafter: Any, prompt_ids: Sequence[int]) -> int:
         """Give ``drafter`` (just reset) the kept draft cache trimmed to what ``prompt_ids`` shares; return that length."""

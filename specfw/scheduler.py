@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache
 
 from specfw.forward import forward_logits, prefill
+from specfw.kv_cache import make_trimmable_cache
 from specfw.prompt_cache import PromptCache
 from specfw.protocols import Acceptance, CacheSync, CycleReport, DraftStrings, KPolicy, Drafter, Proposal, Translator, Verifier
 from specfw.stats import RunStats
@@ -210,7 +210,7 @@ def speculative_stream(
     start = time.perf_counter()
     target_ids = list(target.prompt_ids)
     if prompt_cache is None:
-        cache, cached = make_prompt_cache(target.model), 0
+        cache, cached = make_trimmable_cache(target.model), 0
     else:
         cache, cached = prompt_cache.reuse_target(target.model, target_ids)
     cached += prefill(target.model, cache, target_ids[cached:-1])
