@@ -79,8 +79,8 @@ _PLACEHOLDER_PROMPT = "(specfw fidelity)"  # RunConfig needs a prompt; no transl
 class FidelityStats:
     """Counters of one replay, or their sums over texts.
 
-    ``cycles``: verification cycles after the first token (the scheduler's
-    count). ``proposed``: target ids the translator returned; ``accepted``:
+    ``cycles``: verification cycles (the scheduler's count: the prompt pass
+    counts when the drafter drafted for it). ``proposed``: target ids the translator returned; ``accepted``:
     how many of them the perfect target accepted. ``zero_new_cycles``: cycles
     where the drafter proposed at least one id and the translator returned
     none. ``back_mismatches``: cycles that began with a drafter context other
@@ -320,9 +320,13 @@ def prepare_text(text: str, draft: Tokenizer, target: Tokenizer, draft_prompt: S
 
 @dataclass
 class TextReplay:
-    """The outcome of one replay: its counters and every target id the perfect target emitted."""
+    """The outcome of one replay: its counters and every target id the perfect target emitted.
+
+    ``prompt_pass_verified``: the drafter drafted for the prompt pass (so it is one of ``stats.cycles``).
+    """
 
     stats: FidelityStats
+    prompt_pass_verified: bool = False
     emitted: list[int] = field(default_factory=list)
     from_draft: list[bool] = field(default_factory=list)
 
@@ -339,8 +343,8 @@ def replay_text(
     """Run the scheduler's cycle over one text with a perfect drafter and a perfect target.
 
     Mirrors :func:`specfw.scheduler.speculative_stream` (keep the two in step):
-    the first token comes from the prompt pass; each cycle the drafter
-    proposes ``min(k, max_tokens - generated)`` ids from its context, the
+    the first cycle drafts from the prompt and is verified in the prompt
+    pass; each cycle the drafter proposes ``min(k, max_tokens - generated)`` ids from its context, the
     translator maps them, the target accepts and adds its own id, the bytes
     are emitted, and (unless generation ended) the accepted text is
     back-translated and the drafter's context rebuilt from ``(keep, append)``.
@@ -361,25 +365,23 @@ def replay_text(
 
     while len(replay.emitted) < max_tokens:
         generated = len(replay.emitted)
-        # -- draft and translate (not before the first token: it comes from the prompt pass)
-        draft_ids: list[int] = []
-        proposed: list[int] = []
-        if not first:
-            draft_ids = drafter.propose(draft_seq, min(k, max_tokens - generated), allowed)
-            proposal_bytes = decode_bytes(draft, draft_ids)
-            unsynced = bytes(generated_bytes[synced_bytes:])  # a held-back partial character
-            new_bytes = proposal_bytes[len(unsynced) :] if proposal_bytes.startswith(unsynced) else b""
-            start = clock()
-            proposed = list(translator.to_target(Proposal(draft_ids, new_bytes, target_ids)))
-            stats.translate_ns += clock() - start
-            if draft_ids and not proposed:
-                stats.zero_new_cycles += 1
+        # -- draft and translate (the first cycle too: it is verified in the prompt pass)
+        draft_ids = drafter.propose(draft_seq, min(k, max_tokens - generated), allowed)
+        proposal_bytes = decode_bytes(draft, draft_ids)
+        unsynced = bytes(generated_bytes[synced_bytes:])  # a held-back partial character
+        new_bytes = proposal_bytes[len(unsynced) :] if proposal_bytes.startswith(unsynced) else b""
+        start = clock()
+        proposed: list[int] = list(translator.to_target(Proposal(draft_ids, new_bytes, target_ids)))
+        stats.translate_ns += clock() - start
+        if draft_ids and not proposed:
+            stats.zero_new_cycles += 1
 
         # -- verify against the perfect target: accept a prefix of T's next ids, then add T's own next id
         accepted = common_prefix_len(proposed, truth[generated:])
         following = generated + accepted
         new_ids = proposed[:accepted] + truth[following : following + 1]  # nothing after the text's end
-        if not first:
+        if not first or draft_ids:  # the prompt pass counts as a cycle when the drafter drafted for it
+            replay.prompt_pass_verified = replay.prompt_pass_verified or first
             stats.cycles += 1
             stats.proposed += len(proposed)
             stats.accepted += accepted

@@ -201,9 +201,13 @@ def speculative_stream(
 ) -> Iterator[Token]:
     """Generate up to ``max_tokens`` target ids; with ``draft`` None, the target alone.
 
-    The first token always comes from the prompt pass (so both modes time the
-    prompt the same way); each later cycle drafts and verifies, or is a plain
-    target step. ``stats`` is filled in as tokens are produced. With
+    The first cycle verifies a proposal in the prompt pass itself (the
+    drafter drafts from the prompt, as the paper's implementation does), so
+    the first pass can already yield several ids; each later cycle drafts and
+    verifies, or is a plain target step. The prompt pass counts in
+    ``proposed``/``accepted``/``cycles`` when it drafted (k > 0), but its
+    timings (prompt prefill on both sides) go to ``prompt_s`` only and are not
+    reported to the k policy. ``stats`` is filled in as tokens are produced. With
     ``prompt_cache`` the prompt prefix its caches already hold is not
     forwarded again, and the caches this generation leaves are kept there.
     """
@@ -236,7 +240,7 @@ def speculative_stream(
 
     while stats.generated < max_tokens:
         remaining = max_tokens - stats.generated
-        may_draft = draft is not None and first_time is not None and queued is None
+        may_draft = draft is not None and queued is None
         draft_ids: list[int] = []
         proposed: list[int] = []
         draft_logprobs = None
@@ -278,7 +282,7 @@ def speculative_stream(
                 draft_logprobs = _draft_logprobs(draft, len(proposed))
             if proposed and new_bytes and getattr(verifier, "wants_draft_strings", False):
                 draft_strings = _draft_strings(draft, draft_ids, new_bytes)
-        if draft is not None and first_time is not None:
+        if draft is not None and (first_time is not None or k):
             stats.k_counts[k] = stats.k_counts.get(k, 0) + 1
 
         # -- verify: one target pass over the unforwarded accepted ids and the proposal, or a plain step
@@ -324,16 +328,18 @@ def speculative_stream(
         if prompt_cache is not None:  # the target cache holds (target_ids + proposed, or + next_id)[:cached]
             prompt_cache.hold(cache, target_ids, proposed or new_ids, cached, draft and draft.drafter,
                               sync if draft is not None else None)
-        if first_time is not None:
+        if first_time is not None or k:  # the prompt pass counts as a cycle when it drafted (k > 0)
             verify_s = time.perf_counter() - t_verify
             stats.cycles += 1
+            stats.prompt_pass_drafted = stats.prompt_pass_drafted or first_time is None
             stats.proposed += len(proposed)
             stats.accepted += accepted
+            if proposed:
+                stats.count_source(source, len(proposed), accepted)
+        if first_time is not None:  # the prompt pass's timings include both prefills: prompt_s holds them
             stats.draft_s += draft_s
             stats.translate_s += translate_s
             stats.verify_s += verify_s
-            if proposed:
-                stats.count_source(source, len(proposed), accepted)
             if draft is not None and draft.k_policy is not None:
                 draft.k_policy.observe(
                     CycleReport(k, len(proposed), accepted, fed, draft_s, translate_s, verify_s, source=source)

@@ -11,7 +11,9 @@ class RunStats:
 
     ``proposed``: target-vocabulary ids sent to verification (after
     translation); ``accepted``: how many of them the verifier accepted;
-    ``cycles``: target verification passes after the first token;
+    ``cycles``: target passes after the first token, plus the prompt pass
+    when the drafter drafted for it (the first cycle drafts from the prompt;
+    ``prompt_pass_drafted`` says whether it did);
     ``zero_new_cycles``: cycles where the drafter proposed but translation
     left no target id to verify. ``prompt_s`` is the time to the first
     generated token, ``decode_s`` the time from the first to the last one, and
@@ -21,7 +23,7 @@ class RunStats:
     to hand back ids (the drafter's proposals, the verifier's decision, the
     target-alone step's id), counted as they happen; per cycle it is 2 with a
     model drafter, 1 without drafting or with a model-free drafter (lookup). ``draft_s``, ``translate_s`` and
-    ``verify_s`` add up, over the cycles after the first token, the drafter's
+    ``verify_s`` add up, over the cycles after the prompt pass, the drafter's
     propose calls, both translations, and the target passes with
     verification (the target-alone path: its steps). ``sources``: per proposal
     source (``draft``: the drafter's vocabulary, translated; ``target``: a
@@ -54,6 +56,7 @@ class RunStats:
     reused_proposals: int = 0
     fallback_cycles: int = 0
     psi_s: float = 0.0
+    prompt_pass_drafted: bool = False
 
     def count_source(self, source: str, proposed: int, accepted: int) -> None:
         """Add one verified cycle to ``sources[source]`` (cycles, proposed, accepted)."""

@@ -73,9 +73,10 @@ def _check_replay(text: str, target: Tokenizer, prepared, replay) -> None:
     assert decode_bytes(target, replay.emitted) == text.encode("utf-8")  # ...so the text comes back exactly
     assert 0 <= s.accepted <= s.proposed
     assert sum(replay.from_draft) == s.accepted
-    # The prompt pass gives one id; each cycle its accepted ids plus the target's own, except that
-    # the last cycle ends at the text's end (the target's own id is not needed when all remaining were accepted).
-    assert len(prepared.target_ids) in (1 + s.accepted + s.cycles, s.accepted + s.cycles)
+    # Each counted cycle gives its accepted ids plus the target's own; a prompt pass not drafted for gives
+    # one id and is not counted (a prompt pass the drafter drafted for is counted); the last cycle may end at the text's end without its own id.
+    uncounted = 0 if replay.prompt_pass_verified else 1
+    assert len(prepared.target_ids) in (uncounted + s.accepted + s.cycles, uncounted + s.accepted + s.cycles - 1)
     assert 0 <= s.zero_new_cycles <= s.cycles and 0 <= s.back_mismatches <= s.cycles
     assert s.translate_ns >= 0
 

@@ -80,7 +80,8 @@ def test_lookup_runs_are_lossless(model, k):
     result = run.result()
     assert result.translator_used == "identity"
     assert result.token_ids == baseline.token_ids
-    assert result.stats.host_syncs == result.stats.cycles + 1  # only the verifier waits on the device
+    passes = result.stats.cycles + (0 if result.stats.prompt_pass_drafted else 1)
+    assert result.stats.host_syncs == passes  # only the verifier waits on the device
     assert result.stats.accepted <= result.stats.proposed
 
 

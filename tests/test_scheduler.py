@@ -59,13 +59,13 @@ def test_stats_on_a_perfect_drafter():
     base = Run(RunConfig(prompt=PROMPT, baseline=True, max_tokens=40), target=target).result()
     assert len(base.token_ids) == 40, "the tiny target stopped early; pick another prompt"
     k, cycles = 2, 5
-    max_tokens = 1 + (k + 1) * cycles  # first token from the prompt pass, then k + 1 per cycle
+    max_tokens = (k + 1) * cycles  # the prompt pass drafts too: k accepted + 1 from the target, every cycle
     reference = prompt_ids(target.tokenizer, PROMPT) + base.token_ids
     r = _replay_run(reference, k, max_tokens)
     assert r.token_ids == base.token_ids[:max_tokens]
     assert (r.stats.cycles, r.stats.proposed, r.stats.accepted) == (cycles, k * cycles, k * cycles)
     assert r.stats.acceptance_rate == 1.0
-    assert r.from_draft == [False] + [True, True, False] * cycles
+    assert r.from_draft == [True, True, False] * cycles
 
 
 def test_stats_with_one_wrong_proposal():
@@ -74,17 +74,18 @@ def test_stats_with_one_wrong_proposal():
     base = Run(RunConfig(prompt=PROMPT, baseline=True, max_tokens=40), target=target).result()
     p = prompt_ids(target.tokenizer, PROMPT)
     reference = p + base.token_ids
-    bad = len(p) + 1 + 3 + 1 + 1  # second proposal of the second cycle (k = 3)
+    bad = len(p) + 3 + 1 + 1  # second proposal of the second cycle (k = 3; the prompt pass is the first)
     reference[bad] = (reference[bad] + 7) % target.tokenizer.vocab_size
     r = _replay_run(reference, 3, 9)
     assert r.token_ids == base.token_ids[:9]
-    # cycle 1: 3 proposed, 3 accepted (+1) → 5 tokens; cycle 2: 1 accepted then the correction → 7;
-    # the drafter is now off its reference (its context has the target's id, the reference the bad one)
-    # and proposes id 0, rejected; k shrinks to what max_tokens leaves: cycle 3 (k=2) → 8, cycle 4 (k=1) → 9.
-    assert r.stats.cycles == 4
-    assert r.stats.proposed == 3 + 3 + 2 + 1
+    # cycle 1 (the prompt pass): 3 proposed, 3 accepted (+1) → 4 tokens; cycle 2: 1 accepted then the
+    # correction → 6; the drafter is now off its reference (its context has the target's id, the reference
+    # the bad one) and proposes id 0, rejected; k shrinks to what max_tokens leaves:
+    # cycle 3 (k=3) → 7, cycle 4 (k=2) → 8, cycle 5 (k=1) → 9.
+    assert r.stats.cycles == 5
+    assert r.stats.proposed == 3 + 3 + 3 + 2 + 1
     assert r.stats.accepted == 3 + 1
-    assert r.stats.acceptance_rate == pytest.approx(4 / 9)
+    assert r.stats.acceptance_rate == pytest.approx(4 / 12)
 
 
 def test_max_tokens_and_stop_at_eos():
