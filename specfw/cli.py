@@ -39,7 +39,10 @@ def _add_model_flags(p) -> None:
                    help="parallel drafting (PEARL-style): the drafter drafts N ids past each proposal on a second "
                    "stream while the target verifies it, reused next cycle when the accepted text agrees (default: 0, off)")
     p.add_argument("--cache-sync", default="trim", help="cache-sync plugin: trim or rewind (default: trim)")
-    p.add_argument("--verifier", default=None, help="verifier plugin: greedy, sample or speculative (default: greedy at --temp 0; speculative for tli, else sample)")
+    p.add_argument("--verifier", default=None, help="verifier plugin: greedy, sample, speculative or slrs (string-level "
+                   "rejection sampling, for naive/context at --temp > 0) (default: greedy at --temp 0; speculative for tli, else sample)")
+    p.add_argument("--verifier-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a verifier setting, repeatable (slrs: branches=8, min_mass=0.05, depth=2)")
     p.add_argument("--prefix-window", type=int, default=4, help="accepted target tokens used as context by translators (context) and by --cache-sync rewind (default: 4)")
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default: 128)")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
@@ -145,6 +148,11 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="first N prompts of each dataset")
     p.add_argument("--prefix-window", type=int, help="translation context window (default: 4)")
     p.add_argument("--chat", action="store_true", default=None, help="wrap prompts in each model's chat template")
+    p.add_argument("--temp", type=float, help="sampling temperature, each prompt's seed its index (default: 0, greedy)")
+    p.add_argument("--verifier", help="verifier plugin for every condition: greedy, sample, speculative, slrs "
+                   "(default: greedy at --temp 0; speculative for tli, else sample)")
+    p.add_argument("--verifier-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="a verifier setting, repeatable (slrs: branches, min_mass, depth)")
     p.add_argument("--out", help="output folder (records.jsonl, report.md, plots)")
     p.add_argument("--cache-dir", help="model cache folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -268,6 +276,7 @@ def _run_config(args, prompt: str, chat: bool = False):
         translator=args.translator,
         translator_options=_key_values(args.translator_option, "--translator-option"),
         verifier=args.verifier,
+        verifier_options=_key_values(args.verifier_option, "--verifier-option"),
         cache_sync=args.cache_sync,
         k=args.k,
         k_policy=args.k_policy,
@@ -379,8 +388,10 @@ def cmd_eval(args) -> int:
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
     fields = ("datasets", "translators", "k", "cache_syncs", "target", "drafts", "drafter", "k_policies", "k_max",
-              "max_tokens", "limit", "prefix_window", "chat", "out")
+              "max_tokens", "limit", "prefix_window", "chat", "temp", "verifier", "out")
     given = {name: getattr(args, name) for name in fields}
+    if args.verifier_option is not None:
+        given["verifier_options"] = _key_values(args.verifier_option, "--verifier-option")
     if args.config:
         sweep = load_sweep_file(args.config, given)
     else:

@@ -16,7 +16,7 @@ import os
 import sys
 import tomllib
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,7 +27,8 @@ from specfw.records import EvalRecord, condition_name
 RECORDS = "records.jsonl"
 SWEEP = "sweep.json"
 # Settings that change what a record means: a resumed sweep must keep them.
-FIXED_SETTINGS = ("target", "max_tokens", "prefix_window", "chat", "temp", "verifier")
+FIXED_SETTINGS = ("target", "max_tokens", "prefix_window", "chat", "temp", "verifier", "verifier_options")
+_ADDED_SETTINGS = {"verifier_options": {}}  # settings newer than some sweep.json files: their value there
 
 
 class SweepConfig(BaseModel):
@@ -54,6 +55,8 @@ class SweepConfig(BaseModel):
     # sampling differs run by run, and tests/test_sampling.py and tests/test_slrs.py check the distribution.
     temp: float = Field(0.0, ge=0.0, description="sampling temperature (0: greedy); each prompt's seed is its index")
     verifier: Optional[str] = Field(None, description="verifier plugin (None: RunConfig's choice for temp and translator)")
+    verifier_options: dict[str, Any] = Field(default_factory=dict, description="the verifier's settings (slrs: "
+                                             "branches, min_mass, depth)")
     out: Path
 
     @field_validator("drafter", mode="before")
@@ -130,6 +133,7 @@ def _check_same_sweep(out: Path, sweep: SweepConfig) -> None:
     current = {name: getattr(sweep, name) for name in FIXED_SETTINGS}
     if path.exists():
         previous = json.loads(path.read_text())
+        previous = {**_ADDED_SETTINGS, **previous}
         changed = [n for n in FIXED_SETTINGS if previous.get(n) != current[n]]
         if changed:
             detail = ", ".join(f"{n}: {previous.get(n)!r} there, {current[n]!r} now" for n in changed)
@@ -168,6 +172,8 @@ def _record(item, condition: str, result, target, draft, baseline: EvalRecord | 
         target_bytes=target.weight_bytes,
         draft_bytes=None if draft is None else draft.weight_bytes,
         output_sha256=sha,
+        fallback_cycles=s.fallback_cycles,
+        psi_s=s.psi_s,
         **fields,
     )
 
@@ -247,7 +253,7 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
                     bar.set_description(f"{item.dataset}/{item.id} {name}")
                     config = RunConfig(prompt=item.prompt, drafter=plugin, k_policy=policy, k_max=sweep.k_max,
                                        translator=translator, k=k, cache_sync=cache_sync, seed=seed,
-                                       verifier=sweep.verifier, **common)
+                                       verifier=sweep.verifier, verifier_options=sweep.verifier_options, **common)
                     draft = drafts.get(draft_name)
                     result = Run(config, target=target, draft=draft).result()
                     record = _record(item, name, result, target, draft, baseline, sweep,

@@ -45,6 +45,8 @@ class EvalRecord(BaseModel):
     target_bytes: int
     draft_bytes: Optional[int] = None
     output_sha256: Optional[str] = None  # of the generated token ids: how resumed runs check losslessness
+    fallback_cycles: int = 0  # cycles a string-level verifier (slrs) verified with the sample rule, for cost
+    psi_s: float = 0.0  # seconds slrs spent computing psi
 
     @property
     def is_baseline(self) -> bool:

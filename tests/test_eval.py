@@ -118,6 +118,24 @@ def test_toml_and_flags_build_the_same_sweep(prompts, tmp_path):
     assert load_sweep_file(toml, {"max_tokens": 9}).max_tokens == 9
 
 
+def test_eval_cli_sampling_with_the_slrs_verifier_and_its_options(prompts, tmp_path, capsys):
+    """--temp, --verifier and --verifier-option reach every run, and a resumed sweep must keep them."""
+    out = tmp_path / "o"
+    argv = ["eval", "--dataset", str(prompts), "--out", str(out), "--target", "tiny-random-mistral",
+            "--draft", "tiny-random-qwen2.5", "--translators", "naive", "--k", "2", "--max-tokens", "8",
+            "--temp", "1.0", "--verifier", "slrs", "--no-progress"]
+    forced = ["--verifier-option", "branches=0", "--verifier-option", "min_mass=1e-9"]  # falls back where it can
+    assert main(argv + forced) == 0
+    saved = json.loads((out / "sweep.json").read_text())
+    assert (saved["temp"], saved["verifier"], saved["verifier_options"]) == (1.0, "slrs", {"branches": "0", "min_mass": "1e-9"})
+    drafted = [r for r in read_records(out) if not r.is_baseline]
+    assert len(drafted) == 3 and sum(r.proposed for r in drafted) > 0
+    assert sum(r.fallback_cycles for r in drafted) > 0  # the options reached the verifier
+    capsys.readouterr()
+    assert main(argv + ["--verifier-option", "depth=1"]) == 2  # other verifier settings: not mixed in one folder
+    assert "verifier_options" in capsys.readouterr().err
+
+
 def test_eval_cli_bad_input_is_one_line(prompts, tmp_path, capsys):
     cases = [
         (["eval", "--out", str(tmp_path / "o")], "give --dataset"),
