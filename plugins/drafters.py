@@ -34,11 +34,16 @@ class MLXDrafter:
     nucleus exactly as the sampling verifiers cut the target's; those
     distributions are kept in ``last_probs``. The draws use their own random
     key (derived from ``config.seed``), independent of the verifier's.
+
+    Option ``temp``: the temperature of those draws (default: the run's
+    ``temp``). A lower one sharpens the drafts toward the drafter's mode; it
+    stays lossless because the verifier is handed ``last_probs``, the
+    distributions the draws were really made from.
     """
 
     name = "mlx"
     needs_model = True
-    option_names = ("quantize", "head")
+    option_names = ("quantize", "head", "temp")
 
     def __init__(self, setup: DrafterSetup) -> None:
         self.model = setup.model
@@ -60,6 +65,13 @@ class MLXDrafter:
         config = setup.config
         self.sample = bool(setup.sample) and config.temp > 0
         self.temp, self.top_p, self.seed = config.temp, config.top_p, config.seed
+        if "temp" in options:
+            try:
+                self.temp = float(options["temp"])
+            except (TypeError, ValueError):
+                self.temp = -1.0
+            if not self.temp > 0:
+                raise PluginError(f"drafter 'mlx': temp must be a number > 0, got '{options['temp']}'")
         self.last_probs: mx.array | None = None
         self._mask: tuple[mx.array, int, mx.array] | None = None  # (mask given, width, mask fitted to width)
         self.reset_key()

@@ -21,10 +21,14 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-CONDITIONS = {  # name -> (translator, verifier)
-    "sample": ("context", "sample"),
-    "slrs": ("context", "slrs"),
-    "tli+speculative": ("tli", "speculative"),
+CONDITIONS = {  # name -> (translator, verifier, verifier options, drafter options)
+    "sample": ("context", "sample", {}, {}),
+    "slrs": ("context", "slrs", {}, {}),
+    "slrs-depth1": ("context", "slrs", {"depth": 1}, {}),  # a candidate spans one draft id: no branch pass
+    "slrs-dt0.3": ("context", "slrs", {}, {"temp": 0.3}),  # the drafter samples at temperature 0.3
+    "slrs-depth1-dt0.3": ("context", "slrs", {"depth": 1}, {"temp": 0.3}),
+    "tli+speculative": ("tli", "speculative", {}, {}),
+    "tli+speculative-dt0.3": ("tli", "speculative", {}, {"temp": 0.3}),
 }
 DATASETS = ("pl-questions", "pl-grammar", "en-prompts")
 
@@ -47,7 +51,8 @@ def measure(args) -> None:
         for dataset in args.datasets.split(","):
             for index, item in enumerate(load_dataset(dataset, limit=args.limit)):
                 for temp in [float(t) for t in args.temps.split(",")]:
-                    runs = [("baseline", 0)] + [(c, int(k)) for k in args.ks.split(",") for c in CONDITIONS]
+                    chosen = args.conditions.split(",")
+                    runs = [("baseline", 0)] + [(c, int(k)) for k in args.ks.split(",") for c in chosen]
                     for condition, k in runs:
                         row = {"dataset": dataset, "prompt_index": index, "temp": temp, "k": k, "condition": condition}
                         if _key(row) in done:
@@ -56,8 +61,9 @@ def measure(args) -> None:
                         if condition == "baseline":
                             config = RunConfig(**common, baseline=True)
                         else:
-                            translator, verifier = CONDITIONS[condition]
-                            config = RunConfig(**common, k=k, translator=translator, verifier=verifier)
+                            translator, verifier, options, drafter_options = CONDITIONS[condition]
+                            config = RunConfig(**common, k=k, translator=translator, verifier=verifier,
+                                               verifier_options=options, drafter_options=drafter_options)
                         stats = Run(config, target=target, draft=None if condition == "baseline" else draft).result().stats
                         row.update({name: getattr(stats, name) for name in (
                             "cycles", "proposed", "accepted", "generated", "decode_s", "verify_s", "fallback_cycles",
@@ -87,7 +93,7 @@ def report(path: str) -> str:
         steps = step_ms.get((dataset, temp), [])
         step = f"{sum(steps) / len(steps):.1f}" if steps else "-"
         fallback = psi = "-"
-        if condition == "slrs":
+        if condition.startswith("slrs"):
             fallback = f"{sum(r['fallback_cycles'] for r in group) / max(cycles, 1):.1%}"
             psi = f"{1000 * sum(r['psi_s'] for r in group) / max(cycles, 1):.1f}"
         lines.append(f"| {dataset} | {temp} | {k} | {condition} | {len(group)} | {accepted / max(cycles, 1):.3f} "
@@ -102,6 +108,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--temps", default="0.7,1.0")
     parser.add_argument("--ks", default="2,4")
+    parser.add_argument("--conditions", default="sample,slrs,tli+speculative",
+                        help=f"comma-separated, of {', '.join(CONDITIONS)}")
     parser.add_argument("--out", default="slrs_measure.jsonl")
     parser.add_argument("--report", metavar="JSONL", help="only print the table of an earlier sweep")
     args = parser.parse_args(argv)

@@ -28,7 +28,8 @@ def _add_model_flags(p) -> None:
                    help="drafter plugin: mlx, lookup, replay, or two combined as FIRST+SECOND, e.g. lookup+mlx "
                    "(prompt lookup in the target's vocabulary first, the draft model where it has nothing) (default: mlx)")
     p.add_argument("--drafter-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a drafter setting, repeatable (mlx: quantize=4|8, head=N|allowed|FILE; lookup: max_ngram, min_ngram)")
+                   help="a drafter setting, repeatable (mlx: quantize=4|8, head=N|allowed|FILE, temp=T for its draws when "
+                   "the verifier samples them: speculative, slrs; lookup: max_ngram, min_ngram)")
     p.add_argument("--translator", default="context", help="translator plugin: none, naive, context, tli, ... (default: context)")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a translator setting, repeatable (context: unstable_share=0.4 by default holds back unstable word ends; off proposes every id)")

@@ -222,3 +222,23 @@ def test_eval_sweeps_with_slrs_at_a_temperature(tmp_path, monkeypatch):
     assert calls and all(calls)
     with pytest.raises(PluginError, match="unknown verifier 'nope'"):
         run_sweep(SweepConfig(**fields, verifier="nope", out=tmp_path / "out2"), progress=False)
+
+
+def test_a_drafter_temperature_sharpens_the_draws_and_what_the_verifier_is_handed():
+    """``--drafter-option temp=T``: the mlx drafter draws at T and hands the verifier those distributions."""
+    target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")
+    peak = {}
+    for drafter_temp in (None, 0.25):
+        options = {} if drafter_temp is None else {"temp": drafter_temp}
+        run = Run(RunConfig(prompt=PROMPT, temp=1.0, seed=5, max_tokens=12, k=2, verifier="slrs", translator="naive",
+                            drafter_options=options), target=target, draft=draft)
+        run.result()
+        drafter = run.draft_side.drafter
+        assert drafter.temp == (drafter_temp or 1.0)
+        assert drafter.last_probs is not None
+        peak[drafter_temp] = float(mx.max(drafter.last_probs, axis=-1).mean())
+    assert peak[0.25] > peak[None]  # the draws' distributions are sharper, and that is what slrs reads
+    for bad in ("0", "-1", "warm"):
+        with pytest.raises(PluginError, match="temp must be a number > 0"):
+            Run(RunConfig(prompt=PROMPT, temp=1.0, verifier="slrs", drafter_options={"temp": bad}), target=target,
+                draft=draft)
