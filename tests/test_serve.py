@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,14 +51,16 @@ class Server:
         self.port = _free_port()
         self.api_key = api_key
         extra = ["--api-key", api_key] if api_key else []
+        # The server's output goes to a file: a pipe nobody reads could fill and block it.
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="specfw-serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "specfw.cli", "serve", "--port", str(self.port), *extra, *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {self.proc.stdout.read()}")
+                raise AssertionError(f"server exited: {self.output()}")
             try:
                 if self.get("/health")[0] == 200:
                     return
@@ -66,6 +69,11 @@ class Server:
             time.sleep(0.5)
         self.stop()
         raise AssertionError("server did not answer /health in time")
+
+    def output(self) -> str:
+        """What the server printed so far (its last 4,000 characters)."""
+        with open(self.log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()[-4000:]
 
     @property
     def base_url(self) -> str:
@@ -118,7 +126,7 @@ def server(tmp_path_factory):
     srv = Server(_session_env(tmp_path_factory), "--max-queue", "3", "--max-body-bytes", str(MAX_BODY),
                  api_key=API_KEY)
     yield srv
-    assert srv.stop() == 0
+    assert srv.stop() == 0, srv.output()
 
 
 @pytest.fixture(scope="module")
@@ -407,6 +415,6 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(tmp_path_factory, exp
         srv.proc.send_signal(signal.SIGTERM)
         asking.join(timeout=REQUEST_TIMEOUT_S)
         assert result.get("text") == expected(PROMPTS[0])
-        assert srv.proc.wait(timeout=120) == 0
+        assert srv.proc.wait(timeout=120) == 0, srv.output()
     finally:
         srv.stop()

@@ -216,26 +216,30 @@ class Engine:
     def _work(self) -> None:
         while (job := self._next()) is not None:
             self.busy = True
-            try:
+            last = None  # the job's last event, sent once the slot is free: a client that got its answer
+            try:         # and asks again at once finds the server idle (/health busy false, no 503)
                 if job.cancelled.is_set():  # its client left while it waited
                     self.cancelled += 1
                 else:
-                    self._generate(job)
+                    last = self._generate(job)
             except Exception as exc:  # reported to that request; the worker goes on
                 if self.kv is not None:
                     self.kv.clear()  # the failed generation may have left its caches half-updated
-                job.emit(Failed(exc))
+                last = Failed(exc)
             finally:
                 self.busy = False
                 with self._lock:
                     self._admitted -= 1
+            if last is not None:
+                job.emit(last)
 
     def _build(self, job: Job) -> Run:
         c = job.config
         draft = self.draft if not c.baseline and self.registry.get("drafter", c.drafter).cls.needs_model else None
         return PromptRun(c, job.target_ids, job.draft_ids, target=self.target, draft=draft, registry=self.registry)
 
-    def _generate(self, job: Job) -> None:
+    def _generate(self, job: Job) -> Finished:
+        """Stream the job's pieces as they come; return its ``Finished`` event (the caller sends it)."""
         run = self._build(job)
         job.emit(Started(len(run.target_side.prompt_ids)))
         stop = StopText(job.stop)
@@ -290,7 +294,7 @@ class Engine:
             self.cancelled += 1
         else:
             self.completed += 1
-        job.emit(Finished(finish or stats.finish_reason or "length", n, info))
+        return Finished(finish or stats.finish_reason or "length", n, info)
 
     def _stream(self, run: Run):
         return run.stream(prompt_cache=self.kv)
