@@ -322,11 +322,11 @@ def prepare_text(text: str, draft: Tokenizer, target: Tokenizer, draft_prompt: S
 class TextReplay:
     """The outcome of one replay: its counters and every target id the perfect target emitted.
 
-    ``prompt_pass_verified``: the drafter drafted for the prompt pass (so it is one of ``stats.cycles``).
+    ``prompt_pass_drafted``: the drafter drafted for the prompt pass (so it is one of ``stats.cycles``).
     """
 
     stats: FidelityStats
-    prompt_pass_verified: bool = False
+    prompt_pass_drafted: bool = False
     emitted: list[int] = field(default_factory=list)
     from_draft: list[bool] = field(default_factory=list)
 
@@ -381,7 +381,7 @@ def replay_text(
         following = generated + accepted
         new_ids = proposed[:accepted] + truth[following : following + 1]  # nothing after the text's end
         if not first or draft_ids:  # the prompt pass counts as a cycle when the drafter drafted for it
-            replay.prompt_pass_verified = replay.prompt_pass_verified or first
+            replay.prompt_pass_drafted = replay.prompt_pass_drafted or first
             stats.cycles += 1
             stats.proposed += len(proposed)
             stats.accepted += accepted

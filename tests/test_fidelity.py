@@ -75,7 +75,7 @@ def _check_replay(text: str, target: Tokenizer, prepared, replay) -> None:
     assert sum(replay.from_draft) == s.accepted
     # Each counted cycle gives its accepted ids plus the target's own; a prompt pass not drafted for gives
     # one id and is not counted (a prompt pass the drafter drafted for is counted); the last cycle may end at the text's end without its own id.
-    uncounted = 0 if replay.prompt_pass_verified else 1
+    uncounted = 0 if replay.prompt_pass_drafted else 1
     assert len(prepared.target_ids) in (uncounted + s.accepted + s.cycles, uncounted + s.accepted + s.cycles - 1)
     assert 0 <= s.zero_new_cycles <= s.cycles and 0 <= s.back_mismatches <= s.cycles
     assert s.translate_ns >= 0
