@@ -114,7 +114,9 @@ def _run_specfw(pair, prompt: str, baseline: bool = False) -> dict:
                        baseline=baseline)
     result = Run(config, target=target, draft=draft).result()
     stats = result.stats
-    return {"token_ids": result.token_ids, "accepted": stats.accepted, "cycles": stats.cycles + 1,
+    # Target passes that yielded ids: ``cycles`` counts the prompt pass when it verified a proposal.
+    passes = stats.cycles + (0 if stats.prompt_pass_drafted else 1)
+    return {"token_ids": result.token_ids, "accepted": stats.accepted, "cycles": passes,
             "decode_s": stats.decode_s}
 
 

@@ -40,6 +40,7 @@ class CombinedDrafter:
     def __init__(self, setup: DrafterSetup) -> None:
         options = dict(setup.options)
         first_setup = replace(setup, model=None, vocab_size=setup.target_vocab_size or setup.vocab_size,
+                              tokenizer=setup.target_tokenizer,
                               options=_part_options(self.first_cls, options), sample=False)
         self.first = self.first_cls(first_setup)
         self.second = self.second_cls(replace(setup, options=_part_options(self.second_cls, options)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
 from typing import Sequence
 
@@ -178,7 +180,11 @@ class ReplayDrafter:
     Options (``RunConfig.drafter_options``): ``reference`` (list of draft ids:
     the whole expected sequence, prompt included), ``corrupt_rate`` (0..1,
     chance that a proposed id is replaced by a different one) and ``seed``.
-    Where its context has left the reference it proposes id 0.
+    With its tokenizer (``DrafterSetup.tokenizer``) it follows the reference
+    by text: its context may spell the reference's text in other ids (the
+    back-translation appends the accepted text's own encoding), and a context
+    that ends inside a reference id continues with the rest of that id's
+    text, encoded. Where its context has left the reference it proposes id 0.
     """
 
     name = "replay"
@@ -194,18 +200,42 @@ class ReplayDrafter:
         self.vocab_size = setup.vocab_size
         self.rng = random.Random(int(options.get("seed", 0)))
         self.context: list[int] = []
+        self.tokenizer = setup.tokenizer
+        if self.tokenizer is not None:
+            self._ends = list(itertools.accumulate(len(self.tokenizer.token_bytes(i)) for i in self.reference))
+            self._text = b"".join(self.tokenizer.token_bytes(i) for i in self.reference)
 
     def reset(self) -> None:
         self.context = []
 
+    def _continuation(self) -> list[int]:
+        """The reference's ids after the context (empty where the context has left it)."""
+        n = len(self.context)
+        if self.reference[:n] == self.context:
+            return self.reference[n:]
+        if self.tokenizer is None:
+            return []
+        spelled = b"".join(self.tokenizer.token_bytes(i) for i in self.context)
+        if not self._text.startswith(spelled):
+            return []
+        j = bisect.bisect_left(self._ends, len(spelled))  # the reference id the context ends in (or after)
+        if j == len(self._ends):
+            return []
+        if self._ends[j] == len(spelled):
+            return self.reference[j + 1 :]
+        rest = self._text[len(spelled) : self._ends[j]]
+        try:
+            head = self.tokenizer.encode_continuation(rest.decode("utf-8"))
+        except UnicodeDecodeError:
+            return []  # the context ends inside a character
+        return head + self.reference[j + 1 :]
+
     def propose(self, pending: Sequence[int], k: int, allowed: mx.array | None = None) -> list[int]:
         self.context.extend(pending)
-        n = len(self.context)
-        on_track = self.reference[:n] == self.context
+        ahead = self._continuation()
         proposals = []
         for i in range(k):
-            pos = n + i
-            token = self.reference[pos] if on_track and pos < len(self.reference) else 0
+            token = ahead[i] if i < len(ahead) else 0
             if self.rng.random() < self.corrupt_rate:
                 token = (token + 1 + self.rng.randrange(self.vocab_size - 1)) % self.vocab_size
             proposals.append(token)

@@ -213,6 +213,7 @@ class TLITranslator:
     """
 
     name = "tli"
+    option_names = ()
 
     def __init__(self, setup: TranslatorSetup) -> None:
         self.draft = setup.draft_tokenizer

@@ -50,6 +50,10 @@ class PromptRun(Run):
         if side is not None and self.draft is None and side.tokenizer is self.target.tokenizer:
             side.prompt_ids = list(target_ids)
 
+    def _draft_prompt_ids(self, draft_tok: Tokenizer, same_ids: bool) -> list[int]:
+        draft_ids = self._given_ids[1]
+        return list(draft_ids) if draft_ids is not None else super()._draft_prompt_ids(draft_tok, same_ids)
+
     def _prompt_ids(self, loaded: LoadedModel | None, tokenizer: Tokenizer) -> list[int]:
         target_ids, draft_ids = self._given_ids
         if loaded is self.target and tokenizer is self.target.tokenizer:

@@ -32,7 +32,9 @@ def _add_model_flags(p) -> None:
                    "the verifier samples them: speculative, slrs; lookup: max_ngram, min_ngram)")
     p.add_argument("--translator", default="context", help="translator plugin: none, naive, context, tli, ... (default: context)")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a translator setting, repeatable (context: unstable_share=0.4 by default holds back unstable word ends; off proposes every id)")
+                   help="a translator setting, repeatable (context: unstable_share=0.4 holds back word ends that would likely be re-split, "
+                   "by default every id is proposed; back_window=N re-encodes accepted text for the drafter after its last N ids, "
+                   "default 0: the new text on its own)")
     p.add_argument("--k", type=int, default=2, help="draft tokens per cycle; the starting k for --k-policy adaptive (default: 2)")
     p.add_argument("--k-policy", default="fixed", help="k policy plugin: fixed (always --k) or adaptive (chooses 0..--k-max each cycle from measured costs) (default: fixed)")
     p.add_argument("--k-max", type=int, default=8, help="largest k the adaptive policy may choose (default: 8)")
@@ -45,6 +47,9 @@ def _add_model_flags(p) -> None:
     p.add_argument("--verifier-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a verifier setting, repeatable (slrs: branches=8, min_mass=0.05, depth=2)")
     p.add_argument("--prefix-window", type=int, default=4, help="accepted target tokens used as context by translators (context) and by --cache-sync rewind (default: 4)")
+    p.add_argument("--draft-prompt-prefix", default=None, metavar="TEXT",
+                   help="text put before the prompt in the drafter's context only; '' for none (default: the "
+                   "target's BOS text, e.g. <bos>, when the draft tokenizer adds no BOS of its own)")
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default: 128)")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
@@ -185,7 +190,7 @@ def _add_fidelity_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="first N texts of each --text source")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a translator setting, as for specfw run (e.g. unstable_share=off)")
+                   help="a translator setting, as for specfw run (e.g. unstable_share=0.4)")
     p.set_defaults(func=cmd_fidelity)
 
 
@@ -284,6 +289,7 @@ def _run_config(args, prompt: str, chat: bool = False):
         k_max=args.k_max,
         draft_ahead=args.draft_ahead,
         prefix_window=args.prefix_window,
+        draft_prompt_prefix=args.draft_prompt_prefix,
         prompt=prompt,
         max_tokens=args.max_tokens,
         temp=args.temp,

@@ -38,6 +38,10 @@ class RunConfig(BaseModel):
     draft_ahead: int = Field(0, ge=0, le=64, description="parallel drafting (PEARL-style): ids the drafter drafts "
                              "past each proposal while the target verifies it; 0 turns it off")
     prefix_window: int = Field(4, ge=0, le=256, description="accepted target tokens used as context by 'context' and 'rewind'")
+    draft_prompt_prefix: Optional[str] = Field(
+        None, description="text put before the prompt in the drafter's context only (the target's prompt is "
+        "unchanged); None: the target's BOS text (e.g. '<bos>') when the draft tokenizer adds no BOS of its own "
+        "and the target's does, as the paper's implementation does; '': nothing")
     prompt: str = Field(..., description="the prompt text")
     max_tokens: int = Field(128, ge=1)
     temp: float = Field(0.0, ge=0.0)

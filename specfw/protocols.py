@@ -46,6 +46,8 @@ class DrafterSetup:
     False (the default) a drafter proposes as it likes (greedy for ``mlx``).
     ``target_vocab_size``: the target tokenizer's vocabulary size, for a
     drafter that proposes target ids (the first part of a combined drafter).
+    ``tokenizer``: the tokenizer of the ids the drafter proposes (None where
+    the host has none to give).
     """
 
     config: RunConfig
@@ -54,6 +56,8 @@ class DrafterSetup:
     options: dict[str, Any] = field(default_factory=dict)
     sample: bool = False
     target_vocab_size: int | None = None
+    tokenizer: Any = None
+    target_tokenizer: Any = None
 
 
 @runtime_checkable

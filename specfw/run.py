@@ -70,6 +70,25 @@ def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def draft_prompt_ids(draft: Tokenizer, target: Tokenizer, prompt: str, prefix: str | None = None) -> list[int]:
+    """The drafter's prompt: ``prefix`` + ``prompt`` in the draft vocabulary (BOS where the draft tokenizer adds one).
+
+    ``prefix`` None: the text of the target's BOS token when the target adds
+    one and the draft tokenizer does not, so the drafter's context starts as
+    the target's does, in words (the paper's implementation decodes the
+    target's prompt ids, BOS included, for its drafter). On the default pair
+    this raised accepted ids per target pass on every prompt tried or left it
+    equal (see the README). Only the drafter's context changes: the target's
+    prompt, and so the output, does not.
+    """
+    if prefix is None:
+        prefix = ""
+        if target.add_bos and target.bos_id is not None and not (draft.add_bos and draft.bos_id is not None):
+            names = {i: text for text, i in getattr(target, "special_ids", {}).items()}
+            prefix = names.get(target.bos_id, "")
+    return prompt_ids(draft, prefix + prompt)
+
+
 class Run:
     """One generation: plugins composed from ``config``, models loaded or given.
 
@@ -142,6 +161,15 @@ class Run:
             raise ConfigError("--chat needs a draft model folder with a chat template")
         return chat_prompt_ids(loaded.path, tokenizer, self.config.prompt, loaded.source)
 
+    def _draft_prompt_ids(self, draft_tok: Tokenizer, same_ids: bool) -> list[int]:
+        """The drafter's prompt ids: the draft model's chat template, or ``config.draft_prompt_prefix`` + the prompt."""
+        c = self.config
+        if self.draft is None:  # a model-free drafter: no context to prime
+            return prompt_ids(draft_tok, c.prompt)
+        if c.chat:
+            return self._prompt_ids(self.draft, draft_tok)
+        return draft_prompt_ids(draft_tok, self.target.tokenizer, c.prompt, "" if same_ids else c.draft_prompt_prefix)
+
     def _target_side(self) -> TargetSide:
         c, tok = self.config, self.target.tokenizer
         ids = self._prompt_ids(self.target, tok)
@@ -188,6 +216,7 @@ class Run:
             if c.translator != "identity":
                 self.notes.append(f"same tokenizer on both sides: translator '{c.translator}' replaced by 'identity'")
         self.translator_used = translator_cls.name
+        _check_drafter_options(self.plugin_classes["translator"], c.translator_options, "translator")
         translator = _build(translator_cls, TranslatorSetup(draft_tok, self.target.tokenizer, c))
         # Verification with the draft's probabilities: a verifier that wants them, a translator that maps them,
         # and sampling (at temp 0 every verifier is exact match on the argmax).
@@ -203,12 +232,13 @@ class Run:
         drafter = _build(
             drafter_cls,
             DrafterSetup(c, draft_model, draft_tok.vocab_size, dict(c.drafter_options), sample=draft_probs or draft_strings,
-                         target_vocab_size=self.target.tokenizer.vocab_size),
+                         target_vocab_size=self.target.tokenizer.vocab_size, tokenizer=draft_tok,
+                         target_tokenizer=self.target.tokenizer),
         )
         allowed = None
         if callable(getattr(translator, "allowed_mask", None)):
             allowed = translator.allowed_mask(_logits_width(draft_model, draft_tok))
-        draft_ids = self._prompt_ids(self.draft, draft_tok) if self.draft else prompt_ids(draft_tok, c.prompt)
+        draft_ids = self._draft_prompt_ids(draft_tok, same_ids=translator_cls.name == "identity")
         pair = "|".join(str(part) for part in (
             self.target.source, self.draft.source if self.draft else c.draft, c.drafter, translator_cls.name,
             c.verifier_name, c.cache_sync, c.prefix_window, c.temp, sorted(c.drafter_options.items()),
@@ -254,15 +284,18 @@ def _logits_width(model, tokenizer: Tokenizer) -> int:
     return width if isinstance(width, int) and width > 0 else tokenizer.vocab_size
 
 
-def _check_drafter_options(cls: type, options: dict) -> None:
-    """Refuse a drafter option the drafter (or no part of a combined one) does not take."""
+def _check_drafter_options(cls: type, options: dict, kind: str = "drafter") -> None:
+    """Refuse an option the plugin (or no part of a combined drafter) does not take.
+
+    Only plugins that declare ``option_names`` are checked (third-party ones may not).
+    """
     names = getattr(cls, "option_names", None)
     if names is None:
         return
     for key in options:
         if key not in names:
             takes = f"it takes {', '.join(names)}" if names else "it takes none"
-            raise ConfigError(f"drafter '{cls.name}' has no option '{key}'; {takes}")
+            raise ConfigError(f"{kind} '{cls.name}' has no option '{key}'; {takes}")
 
 
 def _build(cls: type, setup):

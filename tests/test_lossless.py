@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from specfw.config import RunConfig
-from specfw.run import Run, prompt_ids
+from specfw.run import Run, draft_prompt_ids, prompt_ids
 from specfw.text import complete_text
 
 from conftest import tiny_loaded
@@ -43,7 +43,8 @@ def _baseline(target, prompt: str, max_tokens: int):
 def _replay_reference(target, draft, prompt: str, baseline) -> list[int]:
     """The target's continuation, as draft ids: what a perfect drafter would propose."""
     generated = b"".join(map(target.tokenizer.token_bytes, baseline.token_ids))
-    return prompt_ids(draft.tokenizer, prompt) + draft.tokenizer.encode_continuation(complete_text(generated))
+    return draft_prompt_ids(draft.tokenizer, target.tokenizer, prompt) + draft.tokenizer.encode_continuation(
+        complete_text(generated))
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from specfw.config import RunConfig
-from specfw.run import Run, prompt_ids
+from specfw.run import Run, draft_prompt_ids, prompt_ids
 from specfw.text import complete_text
 from specfw_plugins.tli import intersection
 from specfw_plugins.verifiers import SpeculativeVerifier
@@ -53,7 +53,7 @@ def _tli_reference(target, draft, prompt: str, target_ids) -> list[int]:
     from specfw_plugins.tli import TLITranslator
 
     tli = TLITranslator(TranslatorSetup(draft.tokenizer, target.tokenizer, RunConfig(prompt=prompt)))
-    reference = prompt_ids(draft.tokenizer, prompt)
+    reference = draft_prompt_ids(draft.tokenizer, target.tokenizer, prompt)
     for i in range(len(target_ids)):  # the longest prefix that maps back cleanly
         mapped = tli.target_ids_to_draft(target_ids[: len(target_ids) - i])
         if mapped is not None:
