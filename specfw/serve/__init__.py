@@ -81,4 +81,7 @@ def serve(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8080, api_k
         log(f"serving {engine.model_id} with {mode} at http://{shown}:{sock.getsockname()[1]}/v1"
             + (" (API key required)" if api_key else ""))
     server.run(sockets=[sock])
+    import mlx.core as mx
+
+    mx.clear_streams()  # this thread's MLX streams, before interpreter teardown (see Engine._work)
     return 0

@@ -20,6 +20,9 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
+
+import mlx.core as mx
+
 from specfw.api import PromptRun
 from specfw.config import RunConfig
 from specfw.errors import ConfigError, SpecfwError
@@ -214,6 +217,14 @@ class Engine:
             return self._waiting.popleft() if self._waiting else None
 
     def _work(self) -> None:
+        try:
+            self._serve_jobs()
+        finally:
+            # MLX's streams of this thread must be destroyed while the interpreter is alive: left to thread and
+            # process teardown they could abort the process at exit ("terminate called without an active exception").
+            mx.clear_streams()
+
+    def _serve_jobs(self) -> None:
         while (job := self._next()) is not None:
             self.busy = True
             last = None  # the job's last event, sent once the slot is free: a client that got its answer
