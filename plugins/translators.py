@@ -228,8 +228,8 @@ class ContextTranslator(_TextBackTranslation):
     re-segmented once the word goes on (``" k"`` becomes ``" kol"``). By
     default they are proposed anyway: under verification a wrong last id
     costs one rejected position, while holding it back loses it every time it
-    was right (on the default pair and Polish text, 14-20% of accepted ids per
-    cycle). With the option ``unstable_share`` S they are held back when more
+    was right (14-21% of the accepted ids per cycle in the model-free replay
+    of ``specfw fidelity``, k = 2). With the option ``unstable_share`` S they are held back when more
     than S of the probe letters (:data:`PROBE_LETTERS`, weighted) would
     change them (see :meth:`_stable`): fewer rejected ids (the fidelity
     ``specfw fidelity`` reports), fewer accepted ones.
@@ -240,10 +240,10 @@ class ContextTranslator(_TextBackTranslation):
     copies its own context and then proposes words split as the target split
     them. On the default pair this accepted 3% more ids per target pass than
     re-encoding with context (13 prompts: 0.864, against 0.837 with
-    ``back_window`` 8), and up to 20% more on repetitive output. With the option ``back_window``
-    N, :func:`context_resync` re-encodes the new text after the last N draft
-    ids, so the drafter's context is the draft tokenizer's own tokenization
-    of the text.
+    ``back_window`` 8), and up to 20% more on repetitive output. With the
+    option ``back_window`` N, :func:`context_resync` re-encodes the new text
+    after the last N draft ids, so the drafter's context is the draft
+    tokenizer's own tokenization of the text.
     """
 
     name = "context"

@@ -46,8 +46,9 @@ class DrafterSetup:
     False (the default) a drafter proposes as it likes (greedy for ``mlx``).
     ``target_vocab_size``: the target tokenizer's vocabulary size, for a
     drafter that proposes target ids (the first part of a combined drafter).
-    ``tokenizer``: the tokenizer of the ids the drafter proposes (None where
-    the host has none to give).
+    ``tokenizer`` / ``target_tokenizer``: the tokenizers of the draft and
+    target ids (None where the host has none to give); a combined drafter
+    hands its first part the target's as ``tokenizer``.
     """
 
     config: RunConfig

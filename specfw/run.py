@@ -216,7 +216,7 @@ class Run:
             if c.translator != "identity":
                 self.notes.append(f"same tokenizer on both sides: translator '{c.translator}' replaced by 'identity'")
         self.translator_used = translator_cls.name
-        _check_drafter_options(self.plugin_classes["translator"], c.translator_options, "translator")
+        _check_options(self.plugin_classes["translator"], c.translator_options, "translator")
         translator = _build(translator_cls, TranslatorSetup(draft_tok, self.target.tokenizer, c))
         # Verification with the draft's probabilities: a verifier that wants them, a translator that maps them,
         # and sampling (at temp 0 every verifier is exact match on the argmax).
@@ -228,7 +228,7 @@ class Run:
         # A string-level verifier (slrs) needs the distributions the proposals were drawn from, in draft ids.
         draft_strings = c.temp > 0 and getattr(self.plugin_classes["verifier"], "wants_draft_strings", False)
         draft_model = self.draft.model if self.draft else None
-        _check_drafter_options(drafter_cls, c.drafter_options)
+        _check_options(drafter_cls, c.drafter_options)
         drafter = _build(
             drafter_cls,
             DrafterSetup(c, draft_model, draft_tok.vocab_size, dict(c.drafter_options), sample=draft_probs or draft_strings,
@@ -284,7 +284,7 @@ def _logits_width(model, tokenizer: Tokenizer) -> int:
     return width if isinstance(width, int) and width > 0 else tokenizer.vocab_size
 
 
-def _check_drafter_options(cls: type, options: dict, kind: str = "drafter") -> None:
+def _check_options(cls: type, options: dict, kind: str = "drafter") -> None:
     """Refuse an option the plugin (or no part of a combined drafter) does not take.
 
     Only plugins that declare ``option_names`` are checked (third-party ones may not).
