@@ -39,6 +39,16 @@ class _SourceEstimate:
     ratio: float = 1.0  # target ids proposed per draft token
     explore_cost: float = 0.0  # seconds explorations cost beyond a plain step, in total
     explored: int = 0
+    explore_ids: int = 0  # ids the drafter forwarded in them (catch-up and draft steps)
+
+    def explore_forecast(self, catch_up: int | None) -> float:
+        """Seconds the next exploration is expected to cost beyond a plain step (0 before the first)."""
+        if not self.explored:
+            return 0.0
+        if catch_up is None or not self.explore_ids:
+            return self.explore_cost / self.explored
+        # the drafter's catch-up dominates an exploration's cost: scale by the ids it would forward
+        return self.explore_cost / self.explore_ids * (catch_up + 1)
 
     def alpha(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
@@ -83,9 +93,12 @@ class AdaptiveK:
     explores with k = 1 now and then, so that a text that became easy to draft
     is noticed; what explorations cost beyond the plain steps they replace is
     bounded: after at least ``explore_every`` (8) idle cycles, a source is
-    explored only while its explorations, this one included (forecast as
-    their mean cost so far; the first is always allowed), cost at most
-    ``explore_budget`` (1%) of the time spent so far.
+    explored only while its explorations, this one included, cost at most
+    ``explore_budget`` (0.5%) of the time spent so far. This one is forecast
+    from the ids the drafter would forward first (its catch-up: the text it
+    has not seen, told by the scheduler as ``catch_up``) at the cost per
+    forwarded id that earlier explorations showed (the first is always
+    allowed), so a cheap exploration is taken and a long catch-up waits.
 
     What it learns is kept for the rest of the process per ``KPolicySetup.pair``
     (the models and plugins of the run), so later generations on the same pair
@@ -95,7 +108,7 @@ class AdaptiveK:
     name = "adaptive"
     DECAY = 0.95
     explore_every = 8
-    explore_budget = 0.01
+    explore_budget = 0.005
     _learnt: dict[str, _CostModel] = {}
 
     def __init__(self, setup: KPolicySetup) -> None:
@@ -148,7 +161,7 @@ class AdaptiveK:
 
     # -- protocol ----------------------------------------------------------
 
-    def choose(self, source: str = "draft") -> int:
+    def choose(self, source: str = "draft", catch_up: int | None = None) -> int:
         est = self.source(source)
         rates = {k: self.expected_rate(k, source) for k in range(0, self.k_max + 1)}
         if any(r is None for r in rates.values()):
@@ -158,7 +171,7 @@ class AdaptiveK:
             self._idle[source] = 0
             return best
         self._idle[source] = self._idle.get(source, 0) + 1
-        forecast = est.explore_cost / est.explored if est.explored else 0.0
+        forecast = est.explore_forecast(catch_up)
         within_budget = est.explore_cost + forecast <= self.explore_budget * self.model.elapsed
         if self._idle[source] >= self.explore_every and within_budget:
             self._idle[source] = 0
@@ -175,6 +188,7 @@ class AdaptiveK:
             self._exploring.discard(report.source)
             est = self.source(report.source)
             est.explored += 1
+            est.explore_ids += report.draft_fed + report.k
             est.explore_cost += max(0.0, cycle_s - (self.verify_cost(1) or 0.0) * (report.accepted + 1))
         m.w = d * m.w + 1
         m.wn = d * m.wn + n

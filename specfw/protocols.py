@@ -267,6 +267,12 @@ class Verifier(Protocol):
     verifier class with ``wants_draft_strings = True`` when the drafter
     proposed this cycle (the built-in ``slrs`` verifier); otherwise not passed.
 
+    ``draft_temp`` (optional class attribute): a verifier that works best with a
+    sharper drafter names a temperature; a sampling drafter that takes the
+    option ``temp`` then draws at ``min(run temp, draft_temp)`` unless the
+    run sets that option itself (``slrs``: 0.3). The verifier is handed the
+    distributions the draws came from, so this changes speed only.
+
     :meth:`next_id` is the target-alone step: from one row of logits, the
     next id as a lazy scalar ``mx.array`` (no sync), drawn exactly as
     :meth:`verify` would with nothing proposed. The scheduler queues the next
@@ -336,7 +342,8 @@ class CycleReport:
     pass with verification (a plain step: the step). ``source``: ``"draft"``
     (the drafter's own vocabulary, translated) or ``"target"`` (proposals a
     drafter made directly in the target's vocabulary, see
-    :meth:`Drafter.propose_target`).
+    :meth:`Drafter.propose_target`). ``draft_fed``: ids the drafter forwarded
+    before its first proposal (its catch-up after the text it had not seen).
     """
 
     k: int
@@ -347,6 +354,7 @@ class CycleReport:
     translate_s: float
     verify_s: float
     source: str = "draft"
+    draft_fed: int = 0
 
 
 @runtime_checkable
@@ -365,7 +373,10 @@ class KPolicy(Protocol):
     nothing); one without it gets the same k for both. While the target steps
     alone, the scheduler asks for the next cycle's k before the current id is
     read, so that a plain step can be queued ahead of it; ``observe`` for the
-    current cycle then comes after that ``choose``.
+    current cycle then comes after that ``choose``. A ``choose`` that also
+    takes a ``catch_up`` keyword is told, for the ``"draft"`` source, about
+    how many ids the drafter would forward before proposing (the text it has
+    not seen yet): what drafting now would cost beyond the k steps.
     """
 
     name: ClassVar[str]

@@ -94,7 +94,10 @@ class _KChooser:
     def __init__(self, draft: DraftSide | None) -> None:
         self.draft = draft
         policy = draft.k_policy if draft else None
-        self.per_source = policy is not None and "source" in inspect.signature(policy.choose).parameters
+        parameters = inspect.signature(policy.choose).parameters if policy is not None else {}
+        self.per_source = "source" in parameters
+        self.tells_catch_up = "catch_up" in parameters
+        self.sync: _DraftSync | None = None  # set once the drafter's context exists: the catch-up hint
         self.has_target_source = draft is not None and callable(getattr(draft.drafter, "propose_target", None))
         self.planned: dict[str, int] = {}  # k chosen ahead, while a plain step ran
 
@@ -106,6 +109,8 @@ class _KChooser:
             return 0
         if draft.k_policy is None:
             k = draft.k
+        elif self.per_source and self.tells_catch_up and source == DRAFT_SOURCE and self.sync is not None:
+            k = draft.k_policy.choose(source=source, catch_up=self.sync.catch_up_estimate())
         elif self.per_source:
             k = draft.k_policy.choose(source=source)
         else:
@@ -172,6 +177,10 @@ class _DraftSync:
             self.cached = still_valid
         return self.seq[self.cached :]
 
+    def catch_up_estimate(self) -> int:
+        """About how many ids the drafter would forward if it drafted now (target ids stand in for draft ids)."""
+        return max(len(self.seq) - self.cached, 1) + len(self.unsynced_ids)
+
     def take_ready(self, k: int) -> list[int]:
         """Up to ``k`` ready proposals (the drafter's cache is cut to hold all of them but the last)."""
         ready, self.ready = self.ready, []
@@ -228,6 +237,7 @@ def speculative_stream(
         sync = _DraftSync(draft, reuse=not draft.draft_probs and not getattr(verifier, "wants_draft_strings", False))
         if prompt_cache is not None:
             sync.cached = prompt_cache.reuse_draft(draft.drafter, sync.seq)
+        chooser.sync = sync
 
     ahead_stream = None
     if draft is not None and sync.reuse and draft.ahead:
@@ -247,6 +257,7 @@ def speculative_stream(
         draft_strings: DraftStrings | None = None
         k = 0
         draft_s = translate_s = 0.0
+        draft_fed = 0
         source = DRAFT_SOURCE
 
         # -- propose: the target-vocabulary source first (no model, no translation), then the drafter
@@ -268,6 +279,7 @@ def speculative_stream(
                 draft_ids = sync.take_ready(k)
                 stats.reused_proposals += 1
             else:
+                draft_fed = len(to_forward)
                 draft_ids = draft.drafter.propose(to_forward, k, draft.allowed)
                 if draft_ids and draft.drafter.needs_model:
                     stats.host_syncs += 1  # the model drafter hands its ids back from the device
@@ -342,7 +354,8 @@ def speculative_stream(
             stats.verify_s += verify_s
             if draft is not None and draft.k_policy is not None:
                 draft.k_policy.observe(
-                    CycleReport(k, len(proposed), accepted, fed, draft_s, translate_s, verify_s, source=source)
+                    CycleReport(k, len(proposed), accepted, fed, draft_s, translate_s, verify_s, source=source,
+                                draft_fed=draft_fed)
                 )
 
         # -- emit, stopping at a stop id or at max_tokens
