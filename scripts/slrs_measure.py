@@ -11,6 +11,9 @@ target step.
 
     python scripts/slrs_measure.py --limit 16 --max-tokens 64 --out slrs.jsonl
     python scripts/slrs_measure.py --report slrs.jsonl
+
+Two processes can share a sweep (``--shards 2 --shard 0`` and ``--shard 1``,
+each writing its own ``--out``; ``--report`` takes several files).
 """
 
 from __future__ import annotations
@@ -21,14 +24,19 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-CONDITIONS = {  # name -> (translator, verifier, verifier options, drafter options)
-    "sample": ("context", "sample", {}, {}),
-    "slrs": ("context", "slrs", {}, {}),
-    "slrs-depth1": ("context", "slrs", {"depth": 1}, {}),  # a candidate spans one draft id: no branch pass
-    "slrs-dt0.3": ("context", "slrs", {}, {"temp": 0.3}),  # the drafter samples at temperature 0.3
-    "slrs-depth1-dt0.3": ("context", "slrs", {"depth": 1}, {"temp": 0.3}),
-    "tli+speculative": ("tli", "speculative", {}, {}),
-    "tli+speculative-dt0.3": ("tli", "speculative", {}, {"temp": 0.3}),
+# name -> (translator, verifier, verifier options, drafter options, other RunConfig fields); drafter temp "run": the run's
+CONDITIONS = {
+    "sample": ("context", "sample", {}, {}, {}),
+    # the drafter-side settings before 2026-12-04 (hold-back, re-encoded back-translation, no BOS text for the drafter)
+    "sample-old-context": ("context", "sample", {}, {}, dict(
+        translator_options={"unstable_share": "0.4", "back_window": "4"}, draft_prompt_prefix="")),
+    "slrs": ("context", "slrs", {}, {}, {}),  # the drafter samples at min(temp, 0.3) (SLRSVerifier.draft_temp)
+    "slrs-dtrun": ("context", "slrs", {}, {"temp": "run"}, {}),  # the drafter samples at the run's temperature
+    "slrs-depth1": ("context", "slrs", {"depth": 1}, {}, {}),  # a candidate spans one draft id: no branch pass
+    "slrs-dt0.3": ("context", "slrs", {}, {"temp": 0.3}, {}),  # the drafter samples at temperature 0.3
+    "slrs-depth1-dt0.3": ("context", "slrs", {"depth": 1}, {"temp": 0.3}, {}),
+    "tli+speculative": ("tli", "speculative", {}, {}, {}),
+    "tli+speculative-dt0.3": ("tli", "speculative", {}, {"temp": 0.3}, {}),
 }
 DATASETS = ("pl-questions", "pl-grammar", "en-prompts")
 
@@ -51,8 +59,12 @@ def measure(args) -> None:
         for dataset in args.datasets.split(","):
             for index, item in enumerate(load_dataset(dataset, limit=args.limit)):
                 for temp in [float(t) for t in args.temps.split(",")]:
+                    if index % args.shards != args.shard:
+                        continue
                     chosen = args.conditions.split(",")
                     runs = [("baseline", 0)] + [(c, int(k)) for k in args.ks.split(",") for c in chosen]
+                    only = dict(part.split("@", 1) for part in args.only.split(",")) if args.only else {}
+                    runs = [(c, k) for c, k in runs if c not in only or f"{dataset}:{temp}:{k}" in only[c].split("+")]
                     for condition, k in runs:
                         row = {"dataset": dataset, "prompt_index": index, "temp": temp, "k": k, "condition": condition}
                         if _key(row) in done:
@@ -61,10 +73,14 @@ def measure(args) -> None:
                         if condition == "baseline":
                             config = RunConfig(**common, baseline=True)
                         else:
-                            translator, verifier, options, drafter_options = CONDITIONS[condition]
+                            translator, verifier, options, drafter_options, fields = CONDITIONS[condition]
+                            drafter_options = {n: (temp if v == "run" else v) for n, v in drafter_options.items()}
                             config = RunConfig(**common, k=k, translator=translator, verifier=verifier,
-                                               verifier_options=options, drafter_options=drafter_options)
-                        stats = Run(config, target=target, draft=None if condition == "baseline" else draft).result().stats
+                                               verifier_options=options, drafter_options=drafter_options, **fields)
+                        run = Run(config, target=target, draft=None if condition == "baseline" else draft)
+                        stats = run.result().stats
+                        drafter = run.draft_side.drafter if run.draft_side is not None else None
+                        row["drafter_temp"] = getattr(drafter, "temp", None) if getattr(drafter, "sample", False) else None
                         row.update({name: getattr(stats, name) for name in (
                             "cycles", "proposed", "accepted", "generated", "decode_s", "verify_s", "fallback_cycles",
                             "psi_s", "zero_new_cycles")})
@@ -74,8 +90,8 @@ def measure(args) -> None:
                         print(json.dumps(row), flush=True)
 
 
-def report(path: str) -> str:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+def report(paths: list[str]) -> str:
+    rows = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines()]
     step_ms = defaultdict(list)  # (dataset, temp) -> target-alone ms per token
     for r in rows:
         if r["condition"] == "baseline" and r["generated"] > 1 and r["decode_s"] > 0:
@@ -110,14 +126,18 @@ def main(argv=None) -> None:
     parser.add_argument("--ks", default="2,4")
     parser.add_argument("--conditions", default="sample,slrs,tli+speculative",
                         help=f"comma-separated, of {', '.join(CONDITIONS)}")
+    parser.add_argument("--only", default="", metavar="COND@SET:TEMP:K+...,...",
+                        help="run these conditions only in the cells named, e.g. 'sample-old-context@pl-questions:0.7:2'")
+    parser.add_argument("--shard", type=int, default=0, help="run the prompts whose index %% SHARDS is SHARD")
+    parser.add_argument("--shards", type=int, default=1, help="how many processes share the sweep")
     parser.add_argument("--out", default="slrs_measure.jsonl")
-    parser.add_argument("--report", metavar="JSONL", help="only print the table of an earlier sweep")
+    parser.add_argument("--report", metavar="JSONL", nargs="+", help="only print the table of an earlier sweep")
     args = parser.parse_args(argv)
     if args.report:
         print(report(args.report))
         return
     measure(args)
-    print(report(args.out))
+    print(report([args.out]))
 
 
 if __name__ == "__main__":

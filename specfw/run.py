@@ -229,9 +229,15 @@ class Run:
         draft_strings = c.temp > 0 and getattr(self.plugin_classes["verifier"], "wants_draft_strings", False)
         draft_model = self.draft.model if self.draft else None
         _check_options(drafter_cls, c.drafter_options)
+        drafter_options = dict(c.drafter_options)
+        verifier_draft_temp = getattr(self.plugin_classes["verifier"], "draft_temp", None)
+        if (draft_probs or draft_strings) and verifier_draft_temp and "temp" not in drafter_options \
+                and "temp" in (getattr(drafter_cls, "option_names", None) or ()):
+            # the verifier names the drafter temperature it works best with; an explicit option wins
+            drafter_options["temp"] = str(min(c.temp, verifier_draft_temp))
         drafter = _build(
             drafter_cls,
-            DrafterSetup(c, draft_model, draft_tok.vocab_size, dict(c.drafter_options), sample=draft_probs or draft_strings,
+            DrafterSetup(c, draft_model, draft_tok.vocab_size, drafter_options, sample=draft_probs or draft_strings,
                          target_vocab_size=self.target.tokenizer.vocab_size, tokenizer=draft_tok,
                          target_tokenizer=self.target.tokenizer),
         )
@@ -241,7 +247,7 @@ class Run:
         draft_ids = self._draft_prompt_ids(draft_tok, same_ids=translator_cls.name == "identity")
         pair = "|".join(str(part) for part in (
             self.target.source, self.draft.source if self.draft else c.draft, c.drafter, translator_cls.name,
-            c.verifier_name, c.cache_sync, c.prefix_window, c.temp, sorted(c.drafter_options.items()),
+            c.verifier_name, c.cache_sync, c.prefix_window, c.temp, sorted(drafter_options.items()),
             sorted(c.translator_options.items())))
         k_policy = _build(self.plugin_classes["k_policy"], KPolicySetup(c, pair=pair))
         return DraftSide(drafter, translator, draft_tok, draft_ids, c.k, allowed=allowed, draft_probs=draft_probs,

@@ -228,17 +228,32 @@ def test_a_drafter_temperature_sharpens_the_draws_and_what_the_verifier_is_hande
     """``--drafter-option temp=T``: the mlx drafter draws at T and hands the verifier those distributions."""
     target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")
     peak = {}
-    for drafter_temp in (None, 0.25):
-        options = {} if drafter_temp is None else {"temp": drafter_temp}
+    for drafter_temp in (1.0, 0.25):
         run = Run(RunConfig(prompt=PROMPT, temp=1.0, seed=5, max_tokens=12, k=2, verifier="slrs", translator="naive",
-                            drafter_options=options), target=target, draft=draft)
+                            drafter_options={"temp": drafter_temp}), target=target, draft=draft)
         run.result()
         drafter = run.draft_side.drafter
-        assert drafter.temp == (drafter_temp or 1.0)
+        assert drafter.temp == drafter_temp
         assert drafter.last_probs is not None
         peak[drafter_temp] = float(mx.max(drafter.last_probs, axis=-1).mean())
-    assert peak[0.25] > peak[None]  # the draws' distributions are sharper, and that is what slrs reads
+    assert peak[0.25] > peak[1.0]  # the draws' distributions are sharper, and that is what slrs reads
     for bad in ("0", "-1", "warm"):
         with pytest.raises(PluginError, match="temp must be a number > 0"):
             Run(RunConfig(prompt=PROMPT, temp=1.0, verifier="slrs", drafter_options={"temp": bad}), target=target,
                 draft=draft)
+
+
+@pytest.mark.parametrize("run_temp, verifier, options, expected", [
+    (1.0, "slrs", {}, 0.3),  # slrs names 0.3 (SLRSVerifier.draft_temp) ...
+    (0.2, "slrs", {}, 0.2),  # ... never above the run's temperature
+    (1.0, "slrs", {"temp": 0.8}, 0.8),  # an explicit drafter option wins
+    (1.0, "speculative", {}, 1.0),  # a verifier that names none: the run's temperature
+])
+def test_the_drafters_default_temperature_comes_from_the_verifier(run_temp, verifier, options, expected):
+    target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")
+    translator = "tli" if verifier == "speculative" else "naive"
+    run = Run(RunConfig(prompt=PROMPT, temp=run_temp, seed=1, max_tokens=4, k=2, verifier=verifier,
+                        translator=translator, drafter_options=options), target=target, draft=draft)
+    run.result()
+    assert run.draft_side.drafter.temp == pytest.approx(expected)
+    assert run.draft_side.drafter.sample
