@@ -133,6 +133,12 @@ class SLRSVerifier(SampleVerifier):
             draft_strings.psi_s += time.perf_counter() - start
             return super().verify(logits, proposed)
         draft_strings.psi_s += time.perf_counter() - start
+        accepted, next_id = self._verify_strings(logits, proposed, draft_strings, cycle)
+        self.position += accepted + 1
+        return accepted, next_id
+
+    def _verify_strings(self, logits: mx.array, proposed: Sequence[int], draft_strings: DraftStrings,
+                        cycle: "_Cycle") -> tuple[int, int]:
         scaled = self._filtered_logits(logits)
         p = np.array(mx.softmax(scaled, axis=-1), dtype=np.float64)  # (n + 1, W), the one sync of the decision
         n = len(proposed)

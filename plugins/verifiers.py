@@ -46,12 +46,25 @@ class GreedyVerifier:
         return mx.argmax(logits, axis=-1)
 
 
+_POSITION_KEY_MIX = 0x3C6EF372FE94F82B  # keeps the position keys apart from the drafter's and the split chains' seeds
+
+
+def position_key(seed: int, position: int) -> mx.array:
+    """The random key of the draw for generated position ``position`` (0: the first generated id) under ``seed``."""
+    return mx.random.key((((seed % 2**31) << 32) | (position % 2**32)) ^ _POSITION_KEY_MIX)
+
+
 class SampleVerifier:
     """Samples the target at every position (temperature, top-p, seed); accepts a proposed id iff equal.
 
     Each emitted id is a draw from the target's own conditional distribution
     given the ids before it, so the output is distributed as the target's
-    alone, whatever the drafter proposed.
+    alone, whatever the drafter proposed. The draw for the n-th generated id
+    uses a key of its own, made from the seed and n (:func:`position_key`),
+    for the target alone (``next_id``) as for a verified proposal, so with the
+    same seed a run yields the same ids as the target alone, whatever was
+    drafted (up to float rounding between a batched and a one-id target
+    pass, as with greedy decoding), and drafting settings compare on one text.
     """
 
     name = "sample"
@@ -60,20 +73,27 @@ class SampleVerifier:
         config = setup.config
         self.temp = config.temp if config.temp > 0 else 1.0
         self.top_p = config.top_p
-        self.key = mx.random.key(config.seed)
+        self.seed = config.seed
+        self.key = mx.random.key(config.seed)  # subclasses' own draws (coins, residuals) split this chain
+        self.position = 0  # generated ids emitted so far: the next draw's position
 
     def _filtered_logits(self, logits: mx.array) -> mx.array:
         return filtered_logits(logits, self.temp, self.top_p)
 
+    def _position_draw(self, row: mx.array, offset: int = 0) -> mx.array:
+        return mx.random.categorical(row, axis=-1, key=position_key(self.seed, self.position + offset))
+
     def verify(self, logits: mx.array, proposed: Sequence[int], draft_logprobs: mx.array | None = None) -> tuple[int, int]:
-        self.key, draw_key = mx.random.split(self.key)
-        draws = mx.random.categorical(self._filtered_logits(logits), axis=-1, key=draw_key).tolist()
+        scaled = self._filtered_logits(logits)
+        draws = mx.stack([self._position_draw(scaled[i], i) for i in range(scaled.shape[0])]).tolist()
         accepted = common_prefix_len(draws, proposed)
+        self.position += accepted + 1
         return accepted, draws[accepted]
 
     def next_id(self, logits: mx.array) -> mx.array:
-        self.key, draw_key = mx.random.split(self.key)
-        return mx.random.categorical(self._filtered_logits(logits), axis=-1, key=draw_key)
+        draw = self._position_draw(self._filtered_logits(logits))
+        self.position += 1
+        return draw
 
 
 class SpeculativeVerifier(SampleVerifier):
@@ -104,6 +124,7 @@ class SpeculativeVerifier(SampleVerifier):
         scaled = self._filtered_logits(logits)
         logp = scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)  # (n + 1, V); -inf outside top-p
         if n == 0:
+            self.position += 1
             return 0, mx.random.categorical(logp, axis=-1, key=draw_key).item()
         width = logits.shape[-1]
         rows = mx.arange(n)
@@ -127,6 +148,7 @@ class SpeculativeVerifier(SampleVerifier):
         mx.eval(accept, draws)  # one sync for the whole decision
         accepted_flags, drawn = accept.tolist(), draws.tolist()
         accepted = common_prefix_len(accepted_flags, [True] * n)
+        self.position += accepted + 1
         return accepted, drawn[accepted]
 
 

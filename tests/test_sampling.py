@@ -14,6 +14,7 @@ from collections import Counter
 import mlx.core as mx
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from scipy.stats import chi2_contingency
 
 from specfw.config import RunConfig
@@ -22,6 +23,7 @@ from specfw.run import Run, prompt_ids
 from specfw_plugins.verifiers import SampleVerifier
 
 from conftest import tiny_loaded
+from test_lossless import PAIRS, PROMPTS, _replay_reference
 
 PROMPT = "Ala ma kota, a kot ma"
 TEMP = 0.1  # spreads the tiny model's next-token mass over a handful of tokens (top ≈ 40%)
@@ -98,3 +100,36 @@ def test_sampled_distribution_matches_target_alone(verifier):
     # The control: a lenient acceptance rule is detected by the same test.
     p_lenient = _chi2_p([t[1:] for t in base], [t[1:] for t in lenient])
     assert p_lenient < 1e-6, f"the test cannot tell a lenient verifier apart (p={p_lenient:.2g})"
+
+
+@pytest.mark.slow
+@settings(max_examples=12, deadline=None)
+@given(prompt=PROMPTS, pair=st.sampled_from(PAIRS), seed=st.integers(0, 2**31 - 1), k=st.integers(1, 4),
+       translator=st.sampled_from(["naive", "context"]), temp=st.sampled_from([0.1, 0.7, 1.0]))
+def test_sample_yields_the_target_alones_ids_for_the_same_seed(prompt, pair, seed, k, translator, temp):
+    """``sample`` draws the n-th generated id with a key made from the seed and n, as the target alone does.
+
+    So a speculative run is not only distributed as the target alone: with the same seed it yields the same
+    ids, whatever the drafter proposed (random drafts, and the target's own sampled continuation replayed,
+    which ``context`` then gets accepted).
+    """
+    target, draft = tiny_loaded(pair[0]), tiny_loaded(pair[1])
+    common = dict(prompt=prompt, temp=temp, seed=seed, max_tokens=10)
+    alone = Run(RunConfig(**common, baseline=True), target=target).result()
+    spec = Run(RunConfig(**common, k=k, translator=translator, verifier="sample"), target=target, draft=draft).result()
+    assert spec.token_ids == alone.token_ids
+    reference = _replay_reference(target, draft, prompt, alone)
+    replay = Run(RunConfig(**common, k=k, translator=translator, verifier="sample", drafter="replay",
+                           drafter_options={"reference": reference}), target=target, draft=draft).result()
+    assert replay.token_ids == alone.token_ids
+    if translator == "context" and len(alone.token_ids) > 2:
+        # the replayed continuation is what the target itself draws: accepted (naive's re-tokenization is not)
+        assert replay.stats.accepted > 0, replay.stats
+
+
+def test_another_seed_draws_other_ids():
+    """The position keys depend on the seed: over 20 seeds the target alone's sampled ids are not all equal."""
+    target = tiny_loaded("mistral")
+    outputs = {tuple(Run(RunConfig(prompt=PROMPT, temp=1.0, seed=s, max_tokens=4, baseline=True), target=target)
+                     .result().token_ids) for s in range(20)}
+    assert len(outputs) > 10
