@@ -19,6 +19,7 @@ each writing its own ``--out``; ``--report`` takes several files).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections import defaultdict
@@ -78,7 +79,10 @@ def measure(args) -> None:
                             config = RunConfig(**common, k=k, translator=translator, verifier=verifier,
                                                verifier_options=options, drafter_options=drafter_options, **fields)
                         run = Run(config, target=target, draft=None if condition == "baseline" else draft)
-                        stats = run.result().stats
+                        result = run.result()
+                        stats = result.stats
+                        # the output's fingerprint: with `sample` (position-keyed draws) it equals the baseline's
+                        row["ids_sha1"] = hashlib.sha1(json.dumps(result.token_ids).encode()).hexdigest()[:12]
                         drafter = run.draft_side.drafter if run.draft_side is not None else None
                         row["drafter_temp"] = getattr(drafter, "temp", None) if getattr(drafter, "sample", False) else None
                         row.update({name: getattr(stats, name) for name in (
