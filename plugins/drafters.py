@@ -38,7 +38,8 @@ class MLXDrafter:
     key (derived from ``config.seed``), independent of the verifier's.
 
     Option ``temp``: the temperature of those draws (default: the run's
-    ``temp``). A lower one sharpens the drafts toward the drafter's mode; it
+    ``temp``, or min(``temp``, the verifier's ``draft_temp``) for a verifier
+    that names one: ``slrs``, 0.3). A lower one sharpens the drafts toward the drafter's mode; it
     stays lossless because the verifier is handed ``last_probs``, the
     distributions the draws were really made from.
     """
