@@ -59,6 +59,8 @@ CONDITIONS = {
     "mlx head=8192 k=2": dict(k=2, drafter_options={"head": "8192"}),
 }
 ALL_CONDITIONS = dict(CONDITIONS)  # the report's row order, whichever conditions an invocation runs
+# (condition, against): the hybrid against each of its parts, paired prompt by prompt (``_paired``)
+PAIRS = [("lookup+mlx adaptive", "lookup adaptive"), ("lookup+mlx adaptive", "mlx adaptive")]
 if os.environ.get("SPECFW_SPEED_CONDITIONS"):
     CONDITIONS = {n: CONDITIONS[n] for n in ["target alone", *os.environ["SPECFW_SPEED_CONDITIONS"].split(",")]}
 
@@ -127,6 +129,41 @@ def _table(records: list[dict]) -> tuple[list[str], dict]:
     return lines, speedups
 
 
+def _paired(records: list[dict], resamples: int = 2000) -> list[str]:
+    """Markdown rows: for each set and each pair in PAIRS that was run, the first condition's speedup over the second.
+
+    Speedup = the second's total seconds ÷ the first's over the same prompts; the 95% interval comes from
+    resampling the prompts (bootstrap, fixed seed), so it says how far the prompts' spread lets the figure
+    move; "faster on" counts the prompts where the first took less time.
+    """
+    import random
+
+    seconds = {(r["dataset"], r["prompt_id"], r["condition"]): r["seconds"] for r in records}
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in records):
+        for first, second in PAIRS:
+            prompts = [p for (d, p, c) in seconds if d == dataset and c == first and (d, p, second) in seconds]
+            if not prompts:
+                continue
+            a = [seconds[(dataset, p, first)] for p in prompts]
+            b = [seconds[(dataset, p, second)] for p in prompts]
+            rng = random.Random(0)
+            ratios = []
+            for _ in range(resamples):
+                idx = [rng.randrange(len(prompts)) for _ in prompts]
+                ratios.append(sum(b[i] for i in idx) / sum(a[i] for i in idx))
+            ratios.sort()
+            low, high = ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+            faster = sum(x < y for x, y in zip(a, b))
+            lines.append(f"| {dataset} | {first} ÷ {second} | {sum(b) / sum(a):.3f}× | {low:.3f}–{high:.3f} | "
+                         f"{faster} of {len(prompts)} |")
+    if lines:
+        lines = ["\n### Paired: speedup of one condition over another, same prompts\n",
+                 "| set | condition ÷ against | speedup | 95% interval (prompts resampled) | faster on |",
+                 "|---|---|---|---|---|", *lines]
+    return lines
+
+
 def test_speed_on_the_real_pair(benchmark, pair):
     items = {dataset: load_dataset(dataset, limit=PROMPTS) for dataset in SETS}
     for fields in CONDITIONS.values():  # warm-up: one short run of each condition
@@ -162,7 +199,7 @@ def test_speed_on_the_real_pair(benchmark, pair):
     benchmark.group = "speed-real-pair"
     benchmark.extra_info.update({f"{d}|{c}": round(v, 4) for (d, c), v in speedups.items()})
     benchmark.pedantic(lambda: None, rounds=1)
-    print("\n".join(lines))
+    print("\n".join(lines + _paired(records)))
     if out:
         # the report covers every set in the folder (the last record of each set, prompt and condition)
         kept = {}
@@ -170,6 +207,7 @@ def test_speed_on_the_real_pair(benchmark, pair):
             r = json.loads(line)
             kept[(r["dataset"], r["prompt_id"], r["condition"])] = r
         lines, _ = _table(list(kept.values()))
+        lines += _paired(list(kept.values()))
         header = [
             "# Speed on the default pair (CPU)", "",
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} Linux, "
