@@ -12,7 +12,8 @@ cheaper-draft variant (``head``: the drafter's LM head restricted to its 8192
 most frequent ids). Every output must equal the target alone (asserted). It
 prints one table per set: speedup = the target alone's total time ÷ the
 condition's total time for the same tokens, tokens/s, accepted per cycle,
-acceptance, and the k chosen.
+acceptance, and the k chosen; then paired rows (``PAIRS``): the hybrid's speedup over
+each of its parts on the same prompts, with a 95% interval from resampling the prompts.
 
 Environment: ``SPECFW_SPEED_PROMPTS`` (16), ``SPECFW_SPEED_TOKENS`` (64),
 ``SPECFW_SPEED_REPEATS`` (1: each run is repeated this many times back to back and the fastest kept, which
