@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -137,8 +138,6 @@ def _paired(records: list[dict], resamples: int = 2000) -> list[str]:
     resampling the prompts (bootstrap, fixed seed), so it says how far the prompts' spread lets the figure
     move; "faster on" counts the prompts where the first took less time.
     """
-    import random
-
     seconds = {(r["dataset"], r["prompt_id"], r["condition"]): r["seconds"] for r in records}
     lines = []
     for dataset in dict.fromkeys(r["dataset"] for r in records):
