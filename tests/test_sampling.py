@@ -14,12 +14,13 @@ from collections import Counter
 import mlx.core as mx
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from scipy.stats import chi2_contingency
 
 from specfw.config import RunConfig
 from specfw.protocols import VerifierSetup
 from specfw.run import Run, prompt_ids
+from specfw.text import complete_text
 from specfw_plugins.verifiers import SampleVerifier
 
 from conftest import tiny_loaded
@@ -106,6 +107,9 @@ def test_sampled_distribution_matches_target_alone(verifier):
 @settings(max_examples=12, deadline=None)
 @given(prompt=PROMPTS, pair=st.sampled_from(PAIRS), seed=st.integers(0, 2**31 - 1), k=st.integers(1, 4),
        translator=st.sampled_from(["naive", "context"]), temp=st.sampled_from([0.1, 0.7, 1.0]))
+# found by hypothesis in CI: the target writes 밞 (three Mistral byte ids) and " quickest" (" quick" + "est"), so at
+# k = 1 nothing the replay proposes can be accepted
+@example(prompt="A", pair=("qwen", "mistral"), seed=0, k=1, translator="context", temp=0.1)
 def test_sample_yields_the_target_alones_ids_for_the_same_seed(prompt, pair, seed, k, translator, temp):
     """``sample`` draws the n-th generated id with a key made from the seed and n, as the target alone does.
 
@@ -122,9 +126,33 @@ def test_sample_yields_the_target_alones_ids_for_the_same_seed(prompt, pair, see
     replay = Run(RunConfig(**common, k=k, translator=translator, verifier="sample", drafter="replay",
                            drafter_options={"reference": reference}), target=target, draft=draft).result()
     assert replay.token_ids == alone.token_ids
-    if translator == "context" and len(alone.token_ids) > 2:
+    if translator == "context" and len(alone.token_ids) > 2 and _spellable(target, draft, alone.token_ids, k):
         # the replayed continuation is what the target itself draws: accepted (naive's re-tokenization is not)
         assert replay.stats.accepted > 0, replay.stats
+
+
+def _spellable(target, draft, target_ids: list[int], k: int) -> bool:
+    """Whether some generated target id is spelled by at most ``k`` draft ids of the replayed continuation.
+
+    A proposal of k draft ids can only be accepted if its text covers a whole target token that starts
+    where a draft id starts; where every target token needs more draft ids than k (a CJK character spelled
+    by three byte ids, ``" quickest"`` by ``" quick"`` + ``"est"`` at k = 1), no proposal can be accepted.
+    """
+    pieces = [target.tokenizer.token_bytes(i) for i in target_ids]
+    draft_ids = draft.tokenizer.encode_continuation(complete_text(b"".join(pieces)))
+    ends, total = [], 0
+    for i in draft_ids:  # byte offset where each draft id ends
+        total += len(draft.tokenizer.token_bytes(i))
+        ends.append(total)
+    starts = {0: 0, **{end: n + 1 for n, end in enumerate(ends)}}  # byte offset -> draft ids before it
+    start = 0
+    for piece in pieces:
+        end = start + len(piece)
+        n = starts.get(start)
+        if n is not None and piece and n + k <= len(ends) and ends[n + k - 1] >= end:
+            return True
+        start = end
+    return False
 
 
 def test_another_seed_draws_other_ids():
