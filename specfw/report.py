@@ -266,31 +266,51 @@ def _table2(records: Sequence[EvalRecord]) -> str:
     return "\n".join(out)
 
 
+def _mean_repetition(records: Iterable[EvalRecord]) -> Optional[float]:
+    """Mean ``repetition`` of the records that have one (None when none has: records older than the field)."""
+    values = [r.repetition for r in records if r.repetition is not None]
+    return sum(values) / len(values) if values else None
+
+
 def _table3(records: Sequence[EvalRecord]) -> str:
     out = []
+    with_repetition = any(r.repetition is not None for r in records)
+    whats = ("TPS", "speedup", "rep. (%)") if with_repetition else ("TPS", "speedup")
     for k in layout(records).ks:
         table = condition_table(records, k=k)
         keys, key_names = _row_keys(table)
-        header = key_names + [f"{d} {what}" for d in table.datasets for what in ("TPS", "speedup")]
+        repetition: dict[tuple[Optional[Condition], str], list[EvalRecord]] = {}
+        for r in records:
+            c = condition_of(r)
+            if c is None or c.k == k:
+                repetition.setdefault((c, r.dataset), []).append(r)
+
+        def rep(c: Optional[Condition], d: str) -> list[str]:
+            return [_pct(_mean_repetition(repetition.get((c, d), [])))] if with_repetition else []
+
+        header = key_names + [f"{d} {what}" for d in table.datasets for what in whats]
         base = [NA, "Baseline"] + [""] * (len(keys) - 2)
         for d in table.datasets:
             cell = table.baseline.get(d)
-            base += [NA, NA] if cell is None else [_num(cell.tps), "1.00"]
+            base += [NA] * len(whats) if cell is None else [_num(cell.tps), "1.00"] + rep(None, d)
         rows = []
         for row in table.rows:
             c = row.condition
             cells = []
             for d in table.datasets:
                 cell = row.cells.get(d)
-                cells += [NA, NA] if cell is None else [_num(cell.tps), _bold(_num(cell.speedup),
-                                                                              cell.speedup >= 1.0)]
+                cells += [NA] * len(whats) if cell is None else [
+                    _num(cell.tps), _bold(_num(cell.speedup), cell.speedup >= 1.0)] + rep(c, d)
             rows.append([str(getattr(c, key)) for key in keys] + cells)
         baseline_note = ", ".join(f"{d} {_num(table.baseline[d].tps)} (n = {table.baseline[d].n})"
                                   for d in table.datasets if d in table.baseline) or "none"
+        repetition_note = (" rep.: mean over the cell's prompts of the share of the target alone's generated ids "
+                           "that continue a 4-gram already in the prompt or the earlier output (the text a copying "
+                           "drafter can reuse; specfw.repetition).") if with_repetition else ""
         out += [f"## {HEADINGS[3]}, k = {k}", "",
                 "Mean tokens per second (generated tokens from the first to the last, prompt excluded) and mean "
                 "per-prompt speedup (a run's TPS / the baseline's TPS on the same prompt), k = "
-                f"{k}; bold: speedup ≥ 1.00. Baseline TPS (target alone): {baseline_note}.", "",
+                f"{k}; bold: speedup ≥ 1.00. Baseline TPS (target alone): {baseline_note}.{repetition_note}", "",
                 _md_table(header, [base] + _first_of_group(rows, len(keys))), ""]
     return "\n".join(out)
 

@@ -10,7 +10,7 @@ import pytest
 from specfw.analysis import cost_model_speedup
 from specfw.errors import SpecfwError
 from specfw.records import EvalRecord, condition_name
-from specfw.report import ACCEPTANCE_PLOT, HEADINGS, REPORT, SPEEDUP_PLOT, write_report
+from specfw.report import ACCEPTANCE_PLOT, HEADINGS, REPORT, SPEEDUP_PLOT, render_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -119,3 +119,27 @@ def test_baseline_only_records(tmp_path):
     text = write_report(write_jsonl(tmp_path / "records.jsonl", records), tmp_path).read_text()
     assert "No speculative runs" in text and "| wiki | 16.00 | 2 |" in text
     assert (tmp_path / SPEEDUP_PLOT).read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_table3_shows_the_mean_repetition_per_dataset_beside_the_speedups():
+    records = []
+    for dataset, shares in (("wiki", (0.5, 0.25)), ("code", (0.75, 0.75))):
+        for i, share in enumerate(shares):
+            records.append(make_record(dataset, f"p{i}").model_copy(update={"repetition": share}))
+            records.append(make_record(dataset, f"p{i}", drafter="d", translator="none", acceptance=0.5, speedup=1.5)
+                           .model_copy(update={"repetition": share}))
+    text = render_report(records)
+    table3 = text[text.index(HEADINGS[3]):text.index(HEADINGS[4])]
+    assert ("| Drafter | Translator | wiki TPS | wiki speedup | wiki rep. (%) | code TPS | code speedup | "
+            "code rep. (%) |") in table3
+    assert "| — | Baseline | 15.00 | 1.00 | 37.5 | 15.00 | 1.00 | 75.0 |" in table3
+    assert "| d | none | 22.50 | **1.50** | 37.5 | 22.50 | **1.50** | 75.0 |" in table3
+    assert "4-gram" in table3
+
+
+def test_records_without_repetition_still_load_and_table3_leaves_the_column_out():
+    old = make_record("wiki", "a").model_dump()
+    del old["repetition"]  # a record written before the field existed
+    assert EvalRecord.model_validate(old).repetition is None
+    records = [make_record("wiki", "a"), make_record("wiki", "a", drafter="d", translator="none", acceptance=0.5)]
+    assert "rep. (%)" not in render_report(records)
