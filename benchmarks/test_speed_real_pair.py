@@ -12,12 +12,15 @@ cheaper-draft variant (``head``: the drafter's LM head restricted to its 8192
 most frequent ids). Every output must equal the target alone (asserted). It
 prints one table per set: speedup = the target alone's total time ÷ the
 condition's total time for the same tokens, tokens/s, accepted per cycle,
-acceptance, and the k chosen; then paired rows (``PAIRS``): the hybrid's speedup over
+acceptance, the k chosen, and the set's repetition (the mean share of the target alone's generated ids
+that continue a 4-gram already in the prompt or the earlier output, ``specfw.repetition``: the text a
+copying drafter can reuse); then paired rows (``PAIRS``): the hybrid's speedup over
 each of its parts on the same prompts, with a 95% interval from resampling the prompts.
 
 Environment: ``SPECFW_SPEED_PROMPTS`` (16), ``SPECFW_SPEED_TOKENS`` (64),
 ``SPECFW_SPEED_REPEATS`` (1: each run is repeated this many times back to back and the fastest kept, which
-takes out most of what other processes on the machine add), ``SPECFW_SPEED_SETS`` (comma-separated), ``SPECFW_SPEED_CONDITIONS``
+takes out most of what other processes on the machine add), ``SPECFW_SPEED_SETS`` (comma-separated bundled sets:
+pl-questions, pl-grammar, en-prompts, en-prose, pl-prose, code, rewrite), ``SPECFW_SPEED_CONDITIONS``
 (comma-separated names from CONDITIONS), ```SPECFW_SPEED_OUT`` (a folder:
 append to ``records.jsonl``, one line per run, and write ``report.md`` there for every set the folder
 holds, so the sets can be run one invocation each).
@@ -42,7 +45,8 @@ from specfw.config import RunConfig
 from specfw.datasets import load_dataset
 from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
 from specfw.models import load_model
-from specfw.run import Run
+from specfw.repetition import repetition_share
+from specfw.run import Run, prompt_ids
 
 SETS = os.environ.get("SPECFW_SPEED_SETS", "pl-questions,pl-grammar,en-prompts").split(",")
 PROMPTS = int(os.environ.get("SPECFW_SPEED_PROMPTS", "16"))
@@ -89,13 +93,14 @@ def _timed(pair, prompt: str, fields: dict | None):
     return min((_run(pair, prompt, fields) for _ in range(REPEATS)), key=lambda run: run[1])
 
 
-def _record(dataset, item, name, result, seconds, reference) -> dict:
+def _record(dataset, item, name, result, seconds, reference, repetition) -> dict:
     s = result.stats
     return {
         "dataset": dataset, "prompt_id": item.id, "condition": name, "seconds": seconds,
         "generated": s.generated, "cycles": s.cycles, "proposed": s.proposed, "accepted": s.accepted,
         "tps": s.tps, "k_counts": {str(k): n for k, n in sorted(s.k_counts.items())}, "sources": s.sources,
         "lossless": result.token_ids == reference, "repeats": REPEATS,
+        "repetition": repetition,  # the target alone's, on this prompt (the same on every condition's record)
     }
 
 
@@ -109,8 +114,9 @@ def _table(records: list[dict]) -> tuple[list[str], dict]:
         base = sum(r["seconds"] for r in by[(dataset, "target alone")])
         n = len(by[(dataset, "target alone")])
         lines += [f"\n### {dataset} ({n} prompts, {TOKENS} tokens)\n",
-                  "| condition | speedup vs target alone | tokens/s | accepted per cycle | acceptance | k chosen (k:cycles) |",
-                  "|---|---|---|---|---|---|"]
+                  "| condition | speedup vs target alone | tokens/s | accepted per cycle | acceptance | k chosen (k:cycles) "
+                  "| repetition |",
+                  "|---|---|---|---|---|---|---|"]
         for name in ALL_CONDITIONS:
             runs = by[(dataset, name)]
             if not runs:  # a condition this set was not run with (sets may be run one invocation each)
@@ -124,9 +130,12 @@ def _table(records: list[dict]) -> tuple[list[str], dict]:
                 for k, c in r["k_counts"].items():
                     ks[int(k)] += c
             speedups[(dataset, name)] = base / seconds
+            shares = [r["repetition"] for r in runs if r.get("repetition") is not None]  # older records lack it
+            repetition = f"{sum(shares) / len(shares):.1%}" if shares else "—"
             lines.append(
                 f"| {name} | {base / seconds:.3f}× | {tokens / seconds:.1f} | {accepted / cycles if cycles else 0:.2f} | "
-                f"{accepted / proposed if proposed else 0:.1%} | {' '.join(f'{k}:{c}' for k, c in sorted(ks.items())) or '—'} |"
+                f"{accepted / proposed if proposed else 0:.1%} | {' '.join(f'{k}:{c}' for k, c in sorted(ks.items())) or '—'} "
+                f"| {repetition} |"
             )
     return lines, speedups
 
@@ -180,13 +189,14 @@ def test_speed_on_the_real_pair(benchmark, pair):
             for i, item in enumerate(prompts):
                 baseline, seconds = _timed(pair, item.prompt, None)
                 reference = baseline.token_ids
+                repetition = repetition_share(prompt_ids(pair[0].tokenizer, item.prompt), reference)
                 runs = {"target alone": (baseline, seconds)}
                 rotation = names[1:][i % (len(names) - 1):] + names[1:][: i % (len(names) - 1)]
                 for name in rotation:
                     runs[name] = _timed(pair, item.prompt, CONDITIONS[name])
                 for name in names:
                     result, seconds = runs[name]
-                    record = _record(dataset, item, name, result, seconds, reference)
+                    record = _record(dataset, item, name, result, seconds, reference, repetition)
                     records.append(record)
                     if sink:
                         sink.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -219,6 +229,7 @@ def test_speed_on_the_real_pair(benchmark, pair):
             "pytest benchmarks/test_speed_real_pair.py --benchmark-only -s", "```", "",
             "(one set per invocation with `SPECFW_SPEED_SETS=pl-questions`, then `pl-grammar`, then `en-prompts`).", "",
             "Speedup = the target alone's total seconds over the set ÷ the condition's (same prompts, same tokens); "
-            "`records.jsonl` holds every run.",
+            "repetition = the mean share of the target alone's generated ids that continue a 4-gram already in the "
+            "prompt or the earlier output (the text a copying drafter can reuse); `records.jsonl` holds every run.",
         ]
         (Path(out) / "report.md").write_text("\n".join(header + lines) + "\n", encoding="utf-8")
