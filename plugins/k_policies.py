@@ -7,10 +7,15 @@ what the cycle cost and yielded (:class:`specfw.protocols.CycleReport`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from specfw import priors
 from specfw.hookspecs import hookimpl
 from specfw.protocols import CycleReport, KPolicySetup
+
+# Before the target pass has been measured at two widths: a pass over n ids is taken to cost
+# 1 + SLOPE_GUESS (n - 1) single steps (on this repo's CPU the default target measured about 0.15-0.25).
+SLOPE_GUESS = 0.25
 
 
 class FixedK:
@@ -41,10 +46,10 @@ class _SourceEstimate:
     explored: int = 0
     explore_ids: int = 0  # ids the drafter forwarded in them (catch-up and draft steps)
 
-    def explore_forecast(self, catch_up: int | None) -> float:
-        """Seconds the next exploration is expected to cost beyond a plain step (0 before the first)."""
+    def explore_forecast(self, catch_up: int | None, first: float = 0.0) -> float:
+        """Seconds the next exploration is expected to cost beyond a plain step (``first`` before the first)."""
         if not self.explored:
-            return 0.0
+            return first
         if catch_up is None or not self.explore_ids:
             return self.explore_cost / self.explored
         # the drafter's catch-up dominates an exploration's cost: scale by the ids it would forward
@@ -66,6 +71,28 @@ class _CostModel:
     wt: float = 0.0
     wnt: float = 0.0
     elapsed: float = 0.0  # seconds of every observed cycle
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "_CostModel":
+        """A cost model from a priors entry; a missing or damaged value takes its starting value."""
+        f = priors.finite
+        sources = {}
+        raw_sources = data.get("sources")
+        for name, raw in (raw_sources.items() if isinstance(raw_sources, dict) else ()):
+            if not isinstance(raw, dict):
+                continue
+            per_token = raw.get("draft_per_token")
+            sources[str(name)] = _SourceEstimate(
+                draft_per_token=None if per_token is None else f(per_token, 0.0) or None,
+                translate_s=f(raw.get("translate_s"), 0.0), accepted=f(raw.get("accepted"), 1.0, 1e-6),
+                rejected=f(raw.get("rejected"), 1.0, 1e-6), ratio=f(raw.get("ratio"), 1.0, 1e-6),
+                explore_cost=f(raw.get("explore_cost"), 0.0), explored=int(f(raw.get("explored"), 0)),
+                explore_ids=int(f(raw.get("explore_ids"), 0)))
+        return cls(sources=sources, **{name: f(data.get(name), 0.0) for name in ("w", "wn", "wnn", "wt", "wnt",
+                                                                                "elapsed")})
 
 
 class AdaptiveK:
@@ -89,7 +116,20 @@ class AdaptiveK:
     and yields ``E(k) = (1 − α^(m+1)) / (1 − α)`` tokens on average (the
     paper's i.i.d. model) at cost ``k t_d + t_x + t_v(m + 1)``; k = 0 yields
     one token at cost ``t_v(1)``. It picks the k with the most tokens per
-    second. It starts at ``--k`` for each source. While k = 0 wins, it still
+    second, from the first cycle (the prompt pass included).
+
+    Cold start (nothing learnt for the pair, in this process or in the priors
+    file): it does not draft blindly at ``--k``. Each source's cost per draft
+    token is taken from ``KPolicySetup.draft_cost`` (the drafter's weight
+    bytes over the target's; 0 for a model-free drafter or a target-vocabulary
+    source such as ``lookup``), its acceptance from the neutral prior α = 0.5,
+    and a target pass over n ids as ``1 + SLOPE_GUESS (n − 1)`` steps, so a
+    drafter half the target's size does not draft (k = 0: plain steps, the
+    prompt pass included) while ``lookup`` or a tiny drafter does from the
+    first token; measured values replace the guesses cycle by cycle. Without
+    a ``draft_cost`` (a policy built by hand) it starts at ``--k``.
+
+    While k = 0 wins, it still
     explores with k = 1 now and then, so that a text that became easy to draft
     is noticed; what explorations cost beyond the plain steps they replace is
     bounded: after at least ``explore_every`` (8) idle cycles, a source is
@@ -97,12 +137,18 @@ class AdaptiveK:
     ``explore_budget`` (0.5%) of the time spent so far. This one is forecast
     from the ids the drafter would forward first (its catch-up: the text it
     has not seen, told by the scheduler as ``catch_up``) at the cost per
-    forwarded id that earlier explorations showed (the first is always
-    allowed), so a cheap exploration is taken and a long catch-up waits.
+    forwarded id that earlier explorations showed (the first: the drafter's
+    cost per token times ``1 + SLOPE_GUESS × catch-up``, or nothing when the
+    catch-up is not told), so a cheap exploration is taken and a long catch-up
+    waits.
 
     What it learns is kept for the rest of the process per ``KPolicySetup.pair``
     (the models and plugins of the run), so later generations on the same pair
-    (an eval sweep, a server) start from the estimates, not from ``--k``.
+    (an eval sweep, a server) start from the estimates, not from ``--k``; and,
+    with ``KPolicySetup.priors``, in the priors file (:mod:`specfw.priors`),
+    read when the pair is first used in a process and written after each
+    generation (:meth:`finish`), so the next process starts from them too, as
+    does the exploration budget (the time spent and what explorations cost).
     """
 
     name = "adaptive"
@@ -115,12 +161,36 @@ class AdaptiveK:
         config = setup.config
         self.k_max = max(config.k_max, 1)
         self.k = min(config.k, self.k_max)
-        if setup.pair:
-            self.model = self._learnt.setdefault(setup.pair, _CostModel())
+        self.pair = setup.pair
+        self.use_priors = bool(getattr(setup, "priors", False)) and bool(setup.pair)
+        # Each source's draft cost per token in target steps, assumed until it is measured: a target-vocabulary
+        # source needs no model; the drafter's comes from the run (weight bytes; 0 for a model-free drafter).
+        # None: unknown, the policy starts at --k as before.
+        self.hints: dict[str, float | None] = {"target": 0.0, "draft": getattr(setup, "draft_cost", None)}
+        self.started_from = "nothing"
+        if setup.pair and setup.pair in self._learnt:
+            self.model, self.started_from = self._learnt[setup.pair], "this process"
         else:
-            self.model = _CostModel()
+            stored = priors.load_cost_model(setup.pair) if self.use_priors else None
+            self.model = _CostModel.from_dict(stored) if stored is not None else _CostModel()
+            if stored is not None:
+                self.started_from = "the priors file"
+            if setup.pair:
+                self._learnt[setup.pair] = self.model
         self._exploring: set[str] = set()
         self._idle: dict[str, int] = {}
+        self._observed = 0
+
+    @property
+    def note(self) -> str:
+        """How this policy started, for the run's notes."""
+        if self.started_from != "nothing":
+            return f"adaptive k: cost model from {self.started_from}"
+        hint = self.hints["draft"]
+        if hint is None:
+            return "adaptive k: nothing measured yet, starting at --k"
+        return (f"adaptive k: cold start (no priors), the drafter taken to cost {hint:.2f} target steps per token "
+                f"and half its tokens accepted until measured; first k {self.choose_preview()}")
 
     def source(self, name: str = "draft") -> _SourceEstimate:
         return self.model.sources.setdefault(name, _SourceEstimate())
@@ -140,24 +210,54 @@ class AdaptiveK:
         slope = (m.wnt / m.w - mean_n * mean_t) / var if var > 1e-9 else 0.0
         if slope < 0 or var <= 1e-9:
             # one width seen so far (or noise): assume the cost per id it implies, the safe guess on any device
-            slope = max(slope, 0.0) if var > 1e-9 else mean_t / max(mean_n, 1.0) * 0.5
+            slope = max(slope, 0.0) if var > 1e-9 else mean_t / max(mean_n, 1.0) * SLOPE_GUESS
         return max(mean_t + slope * (n - mean_n), 1e-9)
 
     def expected_rate(self, k: int, source: str = "draft") -> float | None:
-        """Expected generated tokens per second when ``source`` proposes ``k`` draft tokens."""
+        """Expected generated tokens per second when ``source`` proposes ``k`` draft tokens.
+
+        Before anything is measured, in target steps per second: a target pass over n ids is taken to cost
+        ``1 + SLOPE_GUESS (n - 1)`` steps and a draft token its hint (see ``hints``); a source not yet
+        measured uses its hint. None: nothing to go on (no hint), the starting k is kept.
+        """
         base = self.verify_cost(1)
-        if base is None:
-            return None
+        measured = base is not None
+        hint = self.hints.get(source)
+        if not measured:
+            if hint is None:
+                return None
+            base = 1.0
         if k == 0:
             return 1.0 / base
         est = self.source(source)
-        if est.draft_per_token is None:
-            return None
+        per_token = est.draft_per_token if measured else None
+        if per_token is None:
+            if hint is None:
+                return None
+            per_token = hint * base
         alpha = min(est.alpha(), 0.999)
         m = est.ratio * k
         tokens = (1 - alpha ** (m + 1)) / (1 - alpha)
-        cost = k * est.draft_per_token + est.translate_s + self.verify_cost(m + 1)
+        verify = self.verify_cost(m + 1) if measured else 1.0 + SLOPE_GUESS * m
+        cost = k * per_token + est.translate_s + verify
         return tokens / cost
+
+    def _first_explore_forecast(self, source: str, catch_up: int | None) -> float:
+        """What a source's first exploration is expected to cost: its drafter's catch-up, at a pass's cost line."""
+        base = self.verify_cost(1)
+        est = self.source(source)
+        per_token = est.draft_per_token if est.draft_per_token is not None else (
+            None if self.hints.get(source) is None or base is None else self.hints[source] * base)
+        if catch_up is None or per_token is None:
+            return 0.0
+        return per_token * (1.0 + SLOPE_GUESS * catch_up)
+
+    def choose_preview(self, source: str = "draft") -> int:
+        """The k the next cycle would get, without counting it as a cycle."""
+        rates = {k: self.expected_rate(k, source) for k in range(0, self.k_max + 1)}
+        if any(r is None for r in rates.values()):
+            return self.k
+        return max(rates, key=lambda k: (rates[k], -k))
 
     # -- protocol ----------------------------------------------------------
 
@@ -171,7 +271,7 @@ class AdaptiveK:
             self._idle[source] = 0
             return best
         self._idle[source] = self._idle.get(source, 0) + 1
-        forecast = est.explore_forecast(catch_up)
+        forecast = est.explore_forecast(catch_up, first=self._first_explore_forecast(source, catch_up))
         within_budget = est.explore_cost + forecast <= self.explore_budget * self.model.elapsed
         if self._idle[source] >= self.explore_every and within_budget:
             self._idle[source] = 0
@@ -179,7 +279,13 @@ class AdaptiveK:
             return 1
         return 0
 
+    def finish(self) -> None:
+        """The generation ended: keep what was learnt in the priors file (unless priors are off)."""
+        if self.use_priors and self._observed:
+            priors.save_cost_model(self.pair, self.model.as_dict())
+
     def observe(self, report: CycleReport) -> None:
+        self._observed += 1
         d, m = self.DECAY, self.model
         n = report.fed
         cycle_s = report.draft_s + report.translate_s + report.verify_s

@@ -165,6 +165,68 @@ def test_adaptive_learns_each_source_apart():
     assert policy.alpha("target") > 0.8 > 0.3 > policy.alpha("draft")
 
 
+def _cold(draft_cost, k=2, k_max=8) -> AdaptiveK:
+    config = RunConfig(prompt="x", k=k, k_max=k_max, k_policy="adaptive")
+    return AdaptiveK(KPolicySetup(config, draft_cost=draft_cost))
+
+
+@pytest.mark.parametrize("draft_cost, drafts", [(0.5, False), (0.3, False), (0.1, True), (0.0, True)])
+def test_cold_start_drafts_only_where_the_cost_model_says_it_pays(draft_cost, drafts):
+    """Nothing measured: a drafter half the target's size does not draft from the first cycle; a cheap one does."""
+    policy = _cold(draft_cost, k=4)
+    k = policy.choose()
+    assert (k > 0) == drafts, k
+    assert k <= 2, "with the neutral acceptance prior (α = 0.5) it does not draft far ahead"
+
+
+def test_cold_start_keeps_choosing_from_the_cost_model_after_plain_steps():
+    """After plain steps (the target's cost measured, the drafter's not) it keeps to the hint, not to --k."""
+    policy = _cold(0.5, k=4)
+    for _ in range(5):
+        assert policy.choose() == 0
+        policy.observe(CycleReport(k=0, proposed=0, accepted=0, fed=1, draft_s=0.0, translate_s=0.0, verify_s=0.1))
+    cheap = _cold(0.02, k=4)
+    for _ in range(5):
+        k = cheap.choose()
+        cheap.observe(CycleReport(k=0, proposed=0, accepted=0, fed=1, draft_s=0.0, translate_s=0.0, verify_s=0.1))
+    assert cheap.choose() > 0
+
+
+def test_cold_first_exploration_waits_for_its_catch_up_to_fit_the_budget():
+    """The first exploration is forecast from the drafter's catch-up (the whole prompt, cold): a short run skips it."""
+    policy = _cold(0.5, k=2, k_max=4)
+    explored = 0
+    for _ in range(48):  # one short generation from a 30-id prompt
+        k = policy.choose(source="draft", catch_up=30 + explored)
+        explored += k
+        policy.observe(CycleReport(k=k, proposed=k, accepted=0, fed=k + 1, draft_s=0.05 * k, translate_s=0.0,
+                                   verify_s=0.1))
+    assert explored == 0
+    policy.model.elapsed = 1e4  # after much time spent (priors carry it across runs) the budget allows one
+    assert policy.choose(source="draft", catch_up=30) == 1
+
+
+def test_a_cold_run_with_a_costly_drafter_does_not_draft_and_stays_lossless():
+    target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")  # the drafter is larger than the target
+    prompt = "Zażółć gęślą jaźń, a potem"
+    baseline = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=12), target=target).result()
+    config = RunConfig(prompt=prompt, k=4, k_policy="adaptive", max_tokens=12, priors=False)
+    result = Run(config, target=target, draft=draft).result()
+    assert result.token_ids == baseline.token_ids
+    assert not result.stats.prompt_pass_drafted and set(result.stats.k_counts) == {0}
+    assert any(note.startswith("adaptive k: cold start") for note in result.notes)
+
+
+def test_a_cold_run_with_lookup_drafts_from_the_prompt_pass():
+    target = tiny_loaded("mistral")
+    prompt = "one two three, one two three, one two three, one two"
+    baseline = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=12), target=target).result()
+    config = RunConfig(prompt=prompt, drafter="lookup", k=2, k_policy="adaptive", max_tokens=12, priors=False)
+    result = Run(config, target=target).result()
+    assert result.token_ids == baseline.token_ids
+    assert result.stats.prompt_pass_drafted
+
+
 @pytest.mark.parametrize("policy", ["fixed", "adaptive"])
 def test_runs_with_each_policy_are_lossless(policy):
     target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")
