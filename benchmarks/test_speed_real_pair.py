@@ -21,7 +21,9 @@ Environment: ``SPECFW_SPEED_PROMPTS`` (16), ``SPECFW_SPEED_TOKENS`` (64),
 ``SPECFW_SPEED_REPEATS`` (1: each run is repeated this many times back to back and the fastest kept, which
 takes out most of what other processes on the machine add), ``SPECFW_SPEED_SETS`` (comma-separated bundled sets:
 pl-questions, pl-grammar, en-prompts, en-prose, pl-prose, code, rewrite), ``SPECFW_SPEED_CONDITIONS``
-(comma-separated names from CONDITIONS), ```SPECFW_SPEED_OUT`` (a folder:
+(comma-separated names from CONDITIONS), ``SPECFW_SPEED_EMULATE`` (a shape for ``specfw.emulation``, e.g.
+``llama-3.2-1b``: the target's passes cost what that larger model's cost, its output stays the real target's;
+a study tool, named so in the report), ``SPECFW_SPEED_OUT`` (a folder:
 append to ``records.jsonl``, one line per run, and write ``report.md`` there for every set the folder
 holds, so the sets can be run one invocation each).
 """
@@ -52,6 +54,8 @@ SETS = os.environ.get("SPECFW_SPEED_SETS", "pl-questions,pl-grammar,en-prompts")
 PROMPTS = int(os.environ.get("SPECFW_SPEED_PROMPTS", "16"))
 TOKENS = int(os.environ.get("SPECFW_SPEED_TOKENS", "64"))
 REPEATS = int(os.environ.get("SPECFW_SPEED_REPEATS", "1"))
+# a study tool: a random-weight shadow of this shape behind the target (specfw.emulation), e.g. llama-3.2-1b
+EMULATE = os.environ.get("SPECFW_SPEED_EMULATE") or None
 # name -> RunConfig fields (None: the target alone)
 CONDITIONS = {
     "target alone": None,
@@ -73,7 +77,12 @@ if os.environ.get("SPECFW_SPEED_CONDITIONS"):
 
 @pytest.fixture(scope="module")
 def pair():
-    return load_model(DEFAULT_TARGET), load_model(DEFAULT_DRAFT)
+    target = load_model(DEFAULT_TARGET)
+    if EMULATE:
+        from specfw.emulation import shadowed
+
+        target = shadowed(target, EMULATE)
+    return target, load_model(DEFAULT_DRAFT)
 
 
 def _run(pair, prompt: str, fields: dict | None, max_tokens: int = TOKENS):
@@ -218,16 +227,22 @@ def test_speed_on_the_real_pair(benchmark, pair):
             kept[(r["dataset"], r["prompt_id"], r["condition"])] = r
         lines, _ = _table(list(kept.values()))
         lines += _paired(list(kept.values()))
+        emulated = [f"**Emulated target** (`SPECFW_SPEED_EMULATE={EMULATE}`, a study tool): the text, the "
+                    "acceptance and the drafter are real; every target pass also forwarded a random-weight "
+                    f"{EMULATE}-shaped model on the same ids, so each pass costs what a target that large costs.",
+                    ""] if EMULATE else []
         header = [
-            "# Speed on the default pair (CPU)", "",
+            "# Speed on the default pair (CPU)" + (f", target emulated as {EMULATE}" if EMULATE else ""), "",
             f"Measured {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {platform.machine()} Linux, "
-            f"{os.cpu_count()} cores, BLAS: {blas_in_use()}; target {DEFAULT_TARGET}, drafter {DEFAULT_DRAFT}, "
+            f"{os.cpu_count()} cores, BLAS: {blas_in_use()}; target {pair[0].source}, drafter {DEFAULT_DRAFT}, "
             "float32, greedy, translator context. Every output equals the target alone (asserted).", "",
+            *emulated,
             "Command:", "", "```",
             f"SPECFW_SPEED_OUT={out} SPECFW_SPEED_PROMPTS={PROMPTS} SPECFW_SPEED_TOKENS={TOKENS} "
-            f"SPECFW_SPEED_REPEATS={REPEATS} "
+            f"SPECFW_SPEED_REPEATS={REPEATS} " + (f"SPECFW_SPEED_EMULATE={EMULATE} " if EMULATE else "") +
+            f"SPECFW_SPEED_SETS={','.join(SETS)} SPECFW_SPEED_CONDITIONS=\"{','.join(list(CONDITIONS)[1:])}\" "
             "pytest benchmarks/test_speed_real_pair.py --benchmark-only -s", "```", "",
-            "(one set per invocation with `SPECFW_SPEED_SETS=pl-questions`, then `pl-grammar`, then `en-prompts`).", "",
+            "(the report covers every set the folder's records.jsonl holds, whichever invocation ran it).", "",
             "Speedup = the target alone's total seconds over the set ÷ the condition's (same prompts, same tokens); "
             "repetition = the mean share of the target alone's generated ids that continue a 4-gram already in the "
             "prompt or the earlier output (the text a copying drafter can reuse); `records.jsonl` holds every run.",

@@ -134,3 +134,116 @@ def format_overhead(result: OverheadResult) -> str:
         lines.append(f"note: {', '.join(result.differing_outputs)} differed from specfw's target-alone ids "
                      "(a floating-point near-tie): same token count, but the draft acceptance pattern may differ")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- costs: the paper's r and c, measured
+
+
+@dataclass
+class CostResult:
+    """One target (real or emulated) against one drafter: pass times and the cost model's r and c.
+
+    ``target_ms[n]``: median seconds × 1000 of a target pass over n ids after a warm context of ``context``
+    ids; ``draft_ms``: a drafter step (one id). ``r`` = draft step ÷ target step (n = 1);
+    ``c[k]`` = (pass over k + 1 ids − one-id pass) ÷ (k² × one-id pass): the verification overhead that grows
+    with k in the paper's cost model; ``alpha_star[k]`` = ((k + 1) r + c k²) / k, its break-even acceptance.
+    """
+
+    target: str
+    draft: str
+    blas: str
+    context: int
+    rounds: int
+    target_ms: dict[int, float]
+    draft_ms: float
+    r: float
+    c: dict[int, float]
+    alpha_star: dict[int, float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pass_ms(model, ids: list[int], widths: list[int], rounds: int) -> dict[int, float]:
+    """Median milliseconds of a forward over n ids, for n in ``widths``, each time from the same warm context."""
+    import statistics
+
+    import mlx.core as mx
+    from mlx_lm.models.cache import trim_prompt_cache
+
+    from specfw.forward import forward_logits, prefill
+    from specfw.kv_cache import make_trimmable_cache
+
+    cache = make_trimmable_cache(model)
+    prefill(model, cache, ids[:-8])
+    tail = ids[-8:]
+    times: dict[int, list[float]] = {n: [] for n in widths}
+    for _ in range(rounds + 1):  # the first round warms every width up and is not counted
+        for n in widths:
+            start = time.perf_counter()
+            mx.eval(forward_logits(model, cache, tail[:n], n))
+            times[n].append(time.perf_counter() - start)
+            trim_prompt_cache(cache, n)
+    return {n: 1000 * statistics.median(t[1:]) for n, t in times.items()}
+
+
+COSTS_TEXT = ("Kraków leży nad Wisłą i przez ponad pięćset lat był stolicą Polski. The city's old town, with its "
+              "market square and the Wawel castle, was one of the first places on UNESCO's World Heritage list. ")
+
+
+def costs(target_name: str, draft_name: str, shapes: list[str | None], ks: list[int], rounds: int = 7,
+          context: int = 64, log=None) -> list[CostResult]:
+    """Measure r and c for the real target (``None`` in ``shapes``) and each emulated shape, against one drafter."""
+    import gc
+
+    import mlx.core as mx
+
+    from specfw.blas import blas_in_use
+    from specfw.emulation import shadowed
+    from specfw.models import load_model
+    from specfw.run import prompt_ids
+
+    if context < 16:
+        raise SpecfwError(f"--context must be at least 16 ids, got {context}")
+    real = load_model(target_name, log=log)
+    draft = load_model(draft_name, log=log)
+    widths = sorted({1, *(k + 1 for k in ks)})
+    if max(widths) > 8:
+        raise SpecfwError(f"k must be at most 7 for bench costs (a pass over k + 1 <= 8 ids), got {max(ks)}")
+
+    def ids_for(tokenizer) -> list[int]:
+        text = COSTS_TEXT * (1 + context // 16)
+        return prompt_ids(tokenizer, text)[:context]
+
+    draft_ms = _pass_ms(draft.model, ids_for(draft.tokenizer), [1], rounds)[1]
+    results = []
+    for shape in shapes:
+        if log:
+            log(f"bench costs: {'the real target' if shape is None else 'emulated ' + shape} ...")
+        target = real if shape is None else shadowed(real, shape)
+        target_ms = _pass_ms(target.model, ids_for(target.tokenizer), widths, rounds)
+        one = target_ms[1]
+        r = draft_ms / one
+        c = {k: (target_ms[k + 1] - one) / (k * k * one) for k in ks}
+        results.append(CostResult(target.source, draft.source, blas_in_use(), context, rounds, target_ms, draft_ms,
+                                  r, c, {k: ((k + 1) * r + c[k] * k * k) / k for k in ks}))
+        del target
+        gc.collect()
+        mx.clear_cache()
+    return results
+
+
+def format_costs(results: list[CostResult]) -> str:
+    ks = sorted(results[0].c) if results else []
+    header = ["target", "T(1) ms", *(f"T({k + 1}) ms" for k in ks), "draft step ms", "r",
+              *(f"c (k={k})" for k in ks), *(f"α* k={k}" for k in ks)]
+    rows = [[res.target, f"{res.target_ms[1]:.1f}", *(f"{res.target_ms[k + 1]:.1f}" for k in ks),
+             f"{res.draft_ms:.1f}", f"{res.r:.3f}", *(f"{res.c[k]:.3f}" for k in ks),
+             *(f"{res.alpha_star[k]:.0%}" if res.alpha_star[k] <= 1 else ">100%" for k in ks)] for res in results]
+    lines = [f"drafter {results[0].draft}, BLAS {results[0].blas}, context {results[0].context} ids, "
+             f"median of {results[0].rounds} rounds" if results else "no results",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines.append("α* = ((k + 1) r + c k²) / k: the paper's break-even acceptance (its Eq. 6) with these r and c; "
+                 "a target named +shadow:SHAPE is emulated (random-weight shadow of that shape, real output)")
+    return "\n".join(lines)

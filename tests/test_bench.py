@@ -32,3 +32,25 @@ def test_overhead_bad_counts_are_one_line(capsys):
     assert main(["bench", "overhead", "--k", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--k must be at least 1" in err[0]
+
+
+def test_costs_measure_r_and_c_for_the_real_and_an_emulated_target(capsys):
+    assert main(["bench", "costs", "--target", "tiny-random-mistral", "--draft", "tiny-random-qwen2.5",
+                 "--emulate-target", "none", "--emulate-target", "tiny", "--k", "1,2", "--rounds", "1",
+                 "--context", "16", "--json"]) == 0
+    real, emulated = json.loads(capsys.readouterr().out)
+    assert real["target"] == "tiny-random-mistral" and emulated["target"] == "tiny-random-mistral+shadow:tiny"
+    for result in (real, emulated):
+        t = {int(n): ms for n, ms in result["target_ms"].items()}
+        assert sorted(t) == [1, 2, 3] and all(ms > 0 for ms in t.values())
+        assert result["r"] == pytest.approx(result["draft_ms"] / t[1])
+        for k in (1, 2):
+            c = result["c"][str(k)]
+            assert c == pytest.approx((t[k + 1] - t[1]) / (k * k * t[1]))
+            assert result["alpha_star"][str(k)] == pytest.approx(((k + 1) * result["r"] + c * k * k) / k)
+
+
+def test_costs_refuse_an_unknown_shape_in_one_line(capsys):
+    assert main(["bench", "costs", "--emulate-target", "gpt-5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown emulated target shape 'gpt-5'" in err[0]
