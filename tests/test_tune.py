@@ -101,3 +101,21 @@ def test_tune_needs_both_models_or_neither(cache, capsys):
     assert main(["tune", "--target", "tiny-random-mistral", "--limit", "1"]) == 2
     assert "both --target and --draft" in capsys.readouterr().err
     assert not (cache / "priors.json").exists()
+
+
+def test_eval_uses_the_recommendation_for_the_conditions_not_given(cache, tmp_path, capsys):
+    priors.save_recommendation("tiny-random-mistral", "tiny-random-qwen2.5",
+                               {"drafter": "mlx", "translator": "naive", "k_policy": "adaptive", "k": 3})
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "a", "prompt": "Hello there"}\n', encoding="utf-8")
+
+    def conditions(out, *flags):
+        assert main(["eval", "--dataset", str(data), *TINY, "--out", str(out), "--max-tokens", "3",
+                     "--no-progress", *flags]) == 0
+        rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+        return {(r["drafter"], r["translator"], r["k"]) for r in rows if r["condition"] != "baseline"}
+
+    assert conditions(tmp_path / "rec") == {("tiny-random-qwen2.5 adaptive", "naive", 3)}
+    assert conditions(tmp_path / "k", "--k", "1") == {("tiny-random-qwen2.5 adaptive", "naive", 1)}
+    assert conditions(tmp_path / "off", "--no-priors") == {
+        ("tiny-random-qwen2.5", t, k) for t in ("none", "naive", "context") for k in (2, 4)}
