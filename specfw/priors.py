@@ -94,7 +94,8 @@ def _read(path: Path) -> dict | None:
 def load() -> dict:
     """The priors file's content (empty tables when there is none, or it is unusable)."""
     data = _read(priors_path()) or {}
-    return {"version": VERSION, "adaptive": data.get("adaptive", {}), "recommendations": data.get("recommendations", {})}
+    return {"version": VERSION, "adaptive": data.get("adaptive", {}),
+            "recommendations": data.get("recommendations", {})}
 
 
 @contextmanager

@@ -39,7 +39,8 @@ class Condition:
 
     @property
     def name(self) -> str:
-        return f"{self.drafter} {self.k_policy} k={self.k}" + ("" if self.drafter == "lookup" else f" {self.translator}")
+        translator = "" if self.drafter == "lookup" else f" {self.translator}"
+        return f"{self.drafter} {self.k_policy} k={self.k}{translator}"
 
 
 def candidates(translator: str = "context") -> list[Condition]:
@@ -197,7 +198,6 @@ def tune(prompts: list[str], target: str | None = None, draft: str | None = None
     total, done = len(prompts) * len(order), 0
     for i, prompt in enumerate(prompts):
         shift = i % len(order)
-        baseline_ids = None
         results = {}
         for condition in order[shift:] + order[:shift]:
             result = run(condition, prompt)
