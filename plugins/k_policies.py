@@ -164,7 +164,8 @@ class AdaptiveK:
         self.pair = setup.pair
         self.use_priors = bool(getattr(setup, "priors", False)) and bool(setup.pair)
         # Each source's draft cost per token in target steps, assumed until it is measured: a target-vocabulary
-        # source needs no model; the drafter's comes from the run (weight bytes; 0 for a model-free drafter).
+        # source needs no model; the drafter's comes from the run (parameter bytes over the target's; 0 for a
+        # model-free drafter).
         # None: unknown, the policy starts at --k as before.
         self.hints: dict[str, float | None] = {"target": 0.0, "draft": getattr(setup, "draft_cost", None)}
         self.started_from = "nothing"
