@@ -67,6 +67,7 @@ CONDITIONS = {
     "lookup adaptive": dict(drafter="lookup", k=4, k_policy="adaptive"),
     "lookup+mlx adaptive": dict(drafter="lookup+mlx", k=2, k_policy="adaptive"),
     "mlx head=8192 k=2": dict(k=2, drafter_options={"head": "8192"}),
+    "mlx k=2 ahead=2": dict(k=2, draft_ahead=2),  # PEARL-style parallel drafting (--draft-ahead 2)
 }
 ALL_CONDITIONS = dict(CONDITIONS)  # the report's row order, whichever conditions an invocation runs
 # (condition, against): the hybrid against each of its parts, paired prompt by prompt (``_paired``)
