@@ -182,7 +182,7 @@ def tune(prompts: list[str], target: str | None = None, draft: str | None = None
             config = RunConfig(prompt=prompt, baseline=True, max_tokens=tokens)
             return Run(config, target=target_model).result()
         config = RunConfig(prompt=prompt, drafter=condition.drafter, translator=condition.translator,
-                           k_policy=condition.k_policy, k=condition.k, max_tokens=tokens)
+                           k_policy=condition.k_policy, k=condition.k, max_tokens=tokens, priors=True)
         uses_model = condition.drafter != "lookup"
         return Run(config, target=target_model, draft=draft_model if uses_model else None).result()
 

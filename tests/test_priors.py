@@ -47,6 +47,7 @@ def _policy(pair: str, *, use_priors: bool = True, draft_cost: float | None = 1.
 
 
 def _adaptive_run(prompt="Zażółć gęślą jaźń, a potem", pair=("mistral", "qwen"), max_tokens=16, **fields):
+    fields.setdefault("priors", True)
     config = RunConfig(prompt=prompt, k=2, k_max=4, k_policy="adaptive", max_tokens=max_tokens, **fields)
     return Run(config, target=tiny_loaded(pair[0]), draft=tiny_loaded(pair[1]))
 
@@ -110,9 +111,13 @@ def test_a_run_writes_what_it_learnt_and_the_next_process_starts_from_it(cache):
 def test_no_priors_neither_reads_nor_writes(cache):
     _adaptive_run(priors=False).result()
     assert not (cache / "priors.json").exists()
-    code = main(["run", "--target", "tiny-random-mistral", "--draft", "tiny-random-qwen2.5", "--prompt", "Hi",
-                 "--max-tokens", "4", "--k-policy", "adaptive", "--no-priors", "--json"])
-    assert code == 0 and not (cache / "priors.json").exists()
+    config = RunConfig(prompt="Hello", k_policy="adaptive", max_tokens=4)
+    Run(config, target=tiny_loaded("mistral"), draft=tiny_loaded("qwen")).result()
+    assert not (cache / "priors.json").exists(), "library use opts in (RunConfig(priors=True)); the CLI turns it on"
+    flags = ["run", "--target", "tiny-random-mistral", "--draft", "tiny-random-qwen2.5", "--prompt", "Hi",
+             "--max-tokens", "4", "--k-policy", "adaptive", "--json"]
+    assert main([*flags, "--no-priors"]) == 0 and not (cache / "priors.json").exists()
+    assert main(flags) == 0 and (cache / "priors.json").exists(), "specfw run keeps what adaptive learnt"
 
 
 @pytest.mark.parametrize("content", [
