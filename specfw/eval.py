@@ -20,15 +20,16 @@ from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from specfw.config import RunConfig
+from specfw.config import RunConfig, known_shape
 from specfw.errors import ConfigError, SpecfwError
 from specfw.records import EvalRecord, condition_name
 
 RECORDS = "records.jsonl"
 SWEEP = "sweep.json"
 # Settings that change what a record means: a resumed sweep must keep them.
-FIXED_SETTINGS = ("target", "max_tokens", "prefix_window", "chat", "temp", "verifier", "verifier_options")
-_ADDED_SETTINGS = {"verifier_options": {}}  # settings newer than some sweep.json files: their value there
+FIXED_SETTINGS = ("target", "max_tokens", "prefix_window", "chat", "temp", "verifier", "verifier_options",
+                  "emulate_target")
+_ADDED_SETTINGS = {"verifier_options": {}, "emulate_target": None}  # settings newer than some sweep.json files: their value there
 
 
 class SweepConfig(BaseModel):
@@ -57,7 +58,13 @@ class SweepConfig(BaseModel):
     verifier: Optional[str] = Field(None, description="verifier plugin (None: RunConfig's choice for temp and translator)")
     verifier_options: dict[str, Any] = Field(default_factory=dict, description="the verifier's settings (slrs: "
                                              "branches, min_mass, depth)")
+    emulate_target: Optional[str] = Field(None, description="study tool: a shadow model shape forwarded beside the "
+                                          "target on every pass (specfw.emulation); records name the target "
+                                          "'TARGET+shadow:SHAPE'")
     out: Path
+
+    _known_shape = field_validator("emulate_target")(classmethod(lambda cls, value: known_shape(value)))
+    priors: bool = Field(True, description="the adaptive k policy reads and writes the priors file (specfw.priors)")
 
     @field_validator("drafter", mode="before")
     @classmethod
@@ -151,6 +158,7 @@ def _sha(ids: list[int]) -> str:
 
 def _record(item, condition: str, result, target, draft, baseline: EvalRecord | None, sweep, **fields) -> EvalRecord:
     s = result.stats
+    fields.setdefault("repetition", None if baseline is None else baseline.repetition)
     sha = _sha(result.token_ids)
     return EvalRecord(
         dataset=item.dataset,
@@ -185,6 +193,7 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
     from specfw.datasets import load_dataset
     from specfw.models import load_model
     from specfw.plugins import get_registry
+    from specfw.repetition import repetition_share
     from specfw.report import write_report
     from specfw.run import Run
 
@@ -230,6 +239,13 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
         log(f"{len(items)} prompts x {1 + len(conditions)} runs = {total} records; {total - todo} already in {out / RECORDS}")
     if todo:
         target = load_model(sweep.target, log=log)
+        if sweep.emulate_target is not None:
+            from specfw.emulation import shadowed
+
+            if log:
+                log(f"emulated target: building a random-weight {sweep.emulate_target} shadow (a study tool: "
+                    "the text is the real target's, each pass costs the larger shape's)")
+            target = shadowed(target, sweep.emulate_target)
         drafts = {name: load_model(name, log=log) for name in sweep.drafts}
         common = dict(max_tokens=sweep.max_tokens, prefix_window=sweep.prefix_window, chat=sweep.chat, temp=sweep.temp)
         _warm_up(target, drafts, sweep)
@@ -241,8 +257,10 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
                 baseline = done.get(base_key)
                 if baseline is None:
                     bar.set_description(f"{item.dataset}/{item.id} baseline")
-                    result = Run(RunConfig(prompt=item.prompt, baseline=True, seed=seed, **common), target=target).result()
-                    baseline = _record(item, "baseline", result, target, None, None, sweep)
+                    run = Run(RunConfig(prompt=item.prompt, baseline=True, seed=seed, **common), target=target)
+                    result = run.result()
+                    baseline = _record(item, "baseline", result, target, None, None, sweep,
+                                       repetition=repetition_share(run.target_side.prompt_ids, result.token_ids))
                     append_record(out, baseline)
                     done[base_key] = baseline
                     bar.update()
@@ -253,7 +271,8 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
                     bar.set_description(f"{item.dataset}/{item.id} {name}")
                     config = RunConfig(prompt=item.prompt, drafter=plugin, k_policy=policy, k_max=sweep.k_max,
                                        translator=translator, k=k, cache_sync=cache_sync, seed=seed,
-                                       verifier=sweep.verifier, verifier_options=sweep.verifier_options, **common)
+                                       verifier=sweep.verifier, verifier_options=sweep.verifier_options,
+                                       priors=sweep.priors, **common)
                     draft = drafts.get(draft_name)
                     result = Run(config, target=target, draft=draft).result()
                     record = _record(item, name, result, target, draft, baseline, sweep,

@@ -323,10 +323,17 @@ class KPolicySetup:
     ``pair``: names the run's target, draft model, drafter, translator,
     verifier and cache-sync; a policy may keep what it learnt under it for
     later runs in the same process ("" when unknown: learn afresh).
+    ``priors``: the policy may also read and write what it learnt for ``pair``
+    in the priors file (:mod:`specfw.priors`; the run's ``RunConfig.priors``).
+    ``draft_cost``: the drafter's cost per draft token in target steps, as
+    estimated before anything is measured (the draft model's weight bytes over
+    the target's; 0 for a model-free drafter; None: unknown).
     """
 
     config: RunConfig
     pair: str = ""
+    priors: bool = False
+    draft_cost: float | None = None
 
 
 @dataclass

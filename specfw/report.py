@@ -193,6 +193,12 @@ def _header(records: Sequence[EvalRecord], source: str) -> str:
                 else f"yes: every one of the {len(runs)} speculative runs produced the baseline's tokens")
     summary.append(("Lossless", lossless))
     lines.append(_md_table(["", ""], summary))
+    shadows = sorted({t.partition("+shadow:")[2] for t in targets} - {""})
+    if shadows:
+        lines += ["", f"**Emulated target** (`--emulate-target {', '.join(shadows)}`, a study tool): the text, the "
+                  "acceptance and the drafter are real; every target pass also forwarded a random-weight model of "
+                  "that shape on the same ids, so speeds are those of a target as large as both together, not of a "
+                  "real model."]
     warnings = _warnings(records, targets)
     if warnings:
         lines += ["", *(f"- **Warning:** {w}" for w in warnings)]

@@ -13,6 +13,7 @@ from typing import Iterator
 
 from specfw.blas import blas_in_use
 from specfw.config import RunConfig
+from specfw.emulation import emulation_of, shadowed
 from specfw.errors import ConfigError, PluginError, SpecfwError
 from specfw.models import LoadedModel, load_model, model_path
 from specfw.plugins import Registry, get_registry
@@ -41,6 +42,7 @@ class RunResult:
         c = self.config
         return {
             "target": self.target,
+            "emulated_target": self.target.partition("+shadow:")[2] or None,
             "draft": self.draft,
             "drafter": None if c.baseline else c.drafter,
             "translator": None if c.baseline else c.translator,
@@ -142,6 +144,11 @@ class Run:
                 c = c.model_copy(update={"target": DEFAULT_TARGET})
         if target is None:
             target = load_model(c.target, log=self.log)
+        if c.emulate_target is not None and emulation_of(target.model) is None:
+            target = shadowed(target, c.emulate_target)
+        if emulation_of(target.model) is not None:
+            self.notes.append(f"emulated target {target.source}: the text is the real target's, each pass also runs "
+                              f"a random-weight {emulation_of(target.model)}-shaped model (a study tool)")
         if needs_draft_model and draft is None:
             if c.draft is None:
                 raise ConfigError(f"drafter '{c.drafter}' needs --draft MODEL (or use --baseline)")
@@ -249,7 +256,14 @@ class Run:
             self.target.source, self.draft.source if self.draft else c.draft, c.drafter, translator_cls.name,
             c.verifier_name, c.cache_sync, c.prefix_window, c.temp, sorted(drafter_options.items()),
             sorted(c.translator_options.items())))
-        k_policy = _build(self.plugin_classes["k_policy"], KPolicySetup(c, pair=pair))
+        from specfw.priors import draft_cost_hint
+
+        draft_cost = 0.0 if draft_model is None or not drafter_cls.needs_model else draft_cost_hint(
+            self.target.model, draft_model)
+        k_policy = _build(self.plugin_classes["k_policy"],
+                          KPolicySetup(c, pair=pair, priors=c.priors, draft_cost=draft_cost))
+        if getattr(k_policy, "note", None):
+            self.notes.append(k_policy.note)
         return DraftSide(drafter, translator, draft_tok, draft_ids, c.k, allowed=allowed, draft_probs=draft_probs,
                          k_policy=k_policy, ahead=c.draft_ahead)
 

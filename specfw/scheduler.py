@@ -384,6 +384,8 @@ def speculative_stream(
             cached = target.cache_sync.sync(cache, cached, len(target_ids) - 1)
 
     stats.finish_reason = stats.finish_reason or "length"
+    if draft is not None and callable(getattr(draft.k_policy, "finish", None)):
+        draft.k_policy.finish()  # e.g. the adaptive policy keeps what it learnt (specfw.priors)
     if first_time is not None:
         stats.prompt_s = first_time - start
         stats.decode_s = last_time - first_time
