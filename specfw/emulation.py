@@ -173,6 +173,10 @@ class ShadowedModel:
     def make_cache(self) -> list:
         return make_prompt_cache(self.target) + make_prompt_cache(self.shadow)
 
+    def parameters(self) -> dict:
+        """Both models' parameters: what a pass reads (the adaptive k policy's cold-start cost guess counts them)."""
+        return {"target": self.target.parameters(), "shadow": self.shadow.parameters()}
+
     def __call__(self, inputs: mx.array, cache: list | None = None):
         if cache is None:
             cache = self.make_cache()

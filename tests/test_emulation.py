@@ -75,6 +75,16 @@ def test_shadow_cache_holds_exactly_the_targets_ids(emulated, cache_sync):
         assert mx.allclose(kept.keys[..., :held, :], again.keys[..., :held, :], atol=1e-5).item()
 
 
+def test_cold_start_counts_the_shadow_in_the_targets_cost():
+    """adaptive's first guess of the drafter's cost (parameter bytes' ratio) sees the emulated target's size."""
+    from specfw.priors import draft_cost_hint, model_bytes
+
+    real, draft = tiny_loaded("mistral"), tiny_loaded("qwen")
+    emulated = shadowed(real, "tiny")
+    assert model_bytes(emulated.model) == model_bytes(real.model) + model_bytes(emulated.model.shadow)
+    assert draft_cost_hint(emulated.model, draft.model) < draft_cost_hint(real.model, draft.model)
+
+
 def test_emulated_target_is_named_and_keeps_the_real_source():
     loaded = shadowed(tiny_loaded("mistral"), "tiny")
     assert loaded.source == "tiny:mistral+shadow:tiny"
