@@ -35,22 +35,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 MODELS = ("gemma3-270m", "smollm2-135m-instruct")
 
 
-def prompts(n: int) -> tuple[list[tuple[str, str]], list[str]]:
-    """``n`` prompts taken in turn from the bundled sets (those that load), and two more to seed the priors."""
+def prompts(n: int, names: list[str], per_set: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """``n`` prompts taken in turn from the bundled sets (those that load), or the first ``per_set`` of each,
+    and two more (each set's last) to seed the priors."""
     from specfw.datasets import load_dataset
     from specfw.errors import SpecfwError
 
     sets = []
-    for name in ("pl-questions", "en-prompts", "pl-grammar"):
+    for name in names:
         try:
             sets.append([(f"{name}/{item.id}", item.prompt) for item in load_dataset(name)])
         except SpecfwError as exc:
             print(f"cold_runs: {name} left out: {exc}", file=sys.stderr)
+    seeds = [s[-1][1] for s in sets][:2]
+    if per_set is not None:
+        return [item for s in sets for item in s[:per_set]], seeds
     chosen, i = [], 0
     while len(chosen) < n and any(i < len(s) for s in sets):
         chosen += [s[i] for s in sets if i < len(s)]
         i += 1
-    seeds = [s[-1][1] for s in sets][:2]
     return chosen[:n], seeds
 
 
@@ -77,7 +80,9 @@ def run(prompt: str, cache: Path, tokens: int, *extra: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--prompts", type=int, default=6)
+    ap.add_argument("--prompts", type=int, default=6, help="prompts taken in turn from --sets")
+    ap.add_argument("--sets", default="pl-questions,en-prompts,pl-grammar", help="comma-separated bundled sets")
+    ap.add_argument("--per-set", type=int, default=None, help="the first N prompts of every set (instead of --prompts)")
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed-runs", type=int, default=2, help="adaptive runs on other prompts that seed the priors")
@@ -94,7 +99,7 @@ def main() -> int:
         if not (models / "models" / name).exists():
             print(f"cold_runs: import the default pair first (specfw models import {name})", file=sys.stderr)
             return 2
-    chosen, seeds = prompts(args.prompts)
+    chosen, seeds = prompts(args.prompts, args.sets.split(","), args.per_set)
     warm = args.priors_cache or fresh_cache(models)
     for prompt in seeds[: args.seed_runs] if args.priors_cache is None else []:
         run(prompt, warm, args.tokens, "--k-policy", "adaptive")
@@ -141,10 +146,20 @@ def main() -> int:
         print(f"{pid:<24} {base['e2e_tps']:>8.2f} t/s  " + "  ".join(cells))
     geo = {k: math.exp(sum(map(math.log, v)) / len(v)) for k, v in ratios.items()}
     print(f"{'geometric mean':<24} {'':>12}  " + "  ".join(f"{geo[k]:>17.3f}x" for k in ratios))
+    # per set: the target alone's total generation time (prompt pass + decode) over each side's, same prompts
+    totals: dict[str, dict[str, float]] = {}
+    for pid, base, cold, warm_d in rows:
+        t = totals.setdefault(pid.split("/")[0], {"n": 0, "base": 0.0, "cold": 0.0, "priors": 0.0})
+        t["n"] += 1
+        for side, d in (("base", base), ("cold", cold), ("priors", warm_d)):
+            t[side] += d["prompt_s"] + d["decode_s"]
+    print(f"\n{'set':<16} {'prompts':>7} {'cold':>8} {'priors':>8}   (the target alone's total time ÷ the side's)")
+    for name, t in totals.items():
+        print(f"{name:<16} {t['n']:>7} {t['base'] / t['cold']:>7.3f}x {t['base'] / t['priors']:>7.3f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"runs": log, "geomean": geo, "tokens": args.tokens, "rounds": args.rounds},
-                                       indent=1))
+        args.out.write_text(json.dumps({"runs": log, "geomean": geo, "per_set": totals, "tokens": args.tokens,
+                                        "rounds": args.rounds}, indent=1))
     return 0
 
 
