@@ -163,7 +163,8 @@ def _add_eval_parser(sub) -> None:
     )
     p.add_argument("--config", help="sweep TOML file (keys as the flags, with underscores); flags override it")
     p.add_argument("--dataset", action="append", dest="datasets",
-                   help="pl-questions, pl-grammar, en-prompts, a JSONL file, or an HF dataset path (repeatable)")
+                   help="pl-questions, pl-grammar, en-prompts, en-prose, pl-prose, code, rewrite, a JSONL file, or an HF "
+                   "dataset path (repeatable)")
     p.add_argument("--translators", type=_csv(str), help="comma-separated (default: none,naive,context)")
     p.add_argument("--k", type=_csv(int), help="comma-separated draft lengths (default: 2,4)")
     p.add_argument("--cache-sync", dest="cache_syncs", type=_csv(str), help="comma-separated (default: trim)")
