@@ -629,7 +629,7 @@ def cmd_bench_overhead(args) -> int:
 
 def cmd_bench_costs(args) -> int:
     from specfw.bench import costs, format_costs
-    from specfw.config import known_shape
+    from specfw.emulation import parse_shape
     from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
 
     if args.cache_dir:
@@ -639,10 +639,8 @@ def cmd_bench_costs(args) -> int:
     names = args.emulate_target or ["none", "llama-3.2-1b", "qwen2.5-1.5b", "llama-3.2-3b"]
     shapes = [None if name == "none" else name for name in names]
     for shape in shapes:
-        try:
-            known_shape(shape)
-        except ValueError as exc:
-            raise SpecfwError(str(exc)) from None
+        if shape is not None:
+            parse_shape(shape)  # an unknown shape is one error line before any model loads
     results = costs(args.target or DEFAULT_TARGET, args.draft or DEFAULT_DRAFT, shapes, args.k, rounds=args.rounds,
                     context=args.context, log=None if args.json else _log)
     print(json.dumps([r.to_dict() for r in results], indent=2) if args.json else format_costs(results))

@@ -200,7 +200,15 @@ def shadowed(loaded, spec: str):
     shadow = build_shadow(shape)
     shadow_bytes = sum(v.nbytes for _, v in tree_flatten(shadow.parameters()))
     return replace(loaded, model=ShadowedModel(loaded.model, shadow, shape),
-                   source=f"{loaded.source}+shadow:{shape.label}", weight_bytes=loaded.weight_bytes + shadow_bytes)
+                   source=f"{loaded.source}{SOURCE_MARK}{shape.label}", weight_bytes=loaded.weight_bytes + shadow_bytes)
+
+
+SOURCE_MARK = "+shadow:"
+
+
+def emulated_shape(source: str) -> str | None:
+    """The shadow shape named in a target's source (``gemma3-270m+shadow:llama-3.2-1b``), or None."""
+    return source.partition(SOURCE_MARK)[2] or None
 
 
 def emulation_of(model) -> str | None:

@@ -34,6 +34,7 @@ from specfw.analysis import (
     records_file,
     speedup_line,
 )
+from specfw.emulation import emulated_shape
 from specfw.records import EvalRecord
 
 REPORT = "report.md"
@@ -193,7 +194,7 @@ def _header(records: Sequence[EvalRecord], source: str) -> str:
                 else f"yes: every one of the {len(runs)} speculative runs produced the baseline's tokens")
     summary.append(("Lossless", lossless))
     lines.append(_md_table(["", ""], summary))
-    shadows = sorted({t.partition("+shadow:")[2] for t in targets} - {""})
+    shadows = sorted({emulated_shape(t) for t in targets} - {None})
     if shadows:
         lines += ["", f"**Emulated target** (`--emulate-target {', '.join(shadows)}`, a study tool): the text, the "
                   "acceptance and the drafter are real; every target pass also forwarded a random-weight model of "

@@ -13,7 +13,7 @@ from typing import Iterator
 
 from specfw.blas import blas_in_use
 from specfw.config import RunConfig
-from specfw.emulation import emulation_of, shadowed
+from specfw.emulation import emulated_shape, emulation_of, shadowed
 from specfw.errors import ConfigError, PluginError, SpecfwError
 from specfw.models import LoadedModel, load_model, model_path
 from specfw.plugins import Registry, get_registry
@@ -42,7 +42,7 @@ class RunResult:
         c = self.config
         return {
             "target": self.target,
-            "emulated_target": self.target.partition("+shadow:")[2] or None,
+            "emulated_target": emulated_shape(self.target),
             "draft": self.draft,
             "drafter": None if c.baseline else c.drafter,
             "translator": None if c.baseline else c.translator,
