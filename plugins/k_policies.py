@@ -16,6 +16,8 @@ from specfw.protocols import CycleReport, KPolicySetup
 # Before the target pass has been measured at two widths: a pass over n ids is taken to cost
 # 1 + SLOPE_GUESS (n - 1) single steps (on this repo's CPU the default target measured about 0.15-0.25).
 SLOPE_GUESS = 0.25
+# Pseudo-cycles at the overall acceptance α behind each position's own acceptance estimate.
+POSITION_PRIOR = 2.0
 
 
 class FixedK:
@@ -45,6 +47,8 @@ class _SourceEstimate:
     explore_cost: float = 0.0  # seconds explorations cost beyond a plain step, in total
     explored: int = 0
     explore_ids: int = 0  # ids the drafter forwarded in them (catch-up and draft steps)
+    # per proposed position i (0-based): [cycles that reached it (every earlier one accepted), cycles that accepted it]
+    positions: list[list[float]] = field(default_factory=list)
 
     def explore_forecast(self, catch_up: int | None, first: float = 0.0) -> float:
         """Seconds the next exploration is expected to cost beyond a plain step (``first`` before the first)."""
@@ -57,6 +61,49 @@ class _SourceEstimate:
 
     def alpha(self) -> float:
         return self.accepted / (self.accepted + self.rejected)
+
+    def position_alphas(self, n: int) -> list[float]:
+        """P(position i accepted | every earlier one accepted) for i < ``n``.
+
+        Acceptance is bursty (an easy stretch of text accepts whole proposals, a hard one rejects the first
+        id), so the later positions of a proposal are accepted more often than the first: one α for every
+        position under-predicts what a long proposal yields. Each position's own counts are shrunk by
+        ``POSITION_PRIOR`` pseudo-cycles towards the position before it (the first towards the overall α),
+        so a position rarely or never reached is taken to behave like the last one measured.
+        """
+        out, prior = [], min(self.alpha(), 0.999)
+        for i in range(n):
+            reached, accepted = self.positions[i] if i < len(self.positions) else (0.0, 0.0)
+            prior = min((accepted + POSITION_PRIOR * prior) / (reached + POSITION_PRIOR), 0.999)
+            out.append(prior)
+        return out
+
+    def expected_tokens(self, m: float) -> float:
+        """Tokens a cycle verifying ``m`` proposed ids yields on average (the accepted ones and the target's own).
+
+        ``1 + Σ_{j=1..m} Π_{i<j} P_i`` with P_i from :meth:`position_alphas`; with one α for every position this
+        is the paper's ``(1 − α^(m+1)) / (1 − α)``. A fractional ``m`` (translation changes the count of ids)
+        is interpolated between its neighbours.
+        """
+        whole = int(m)
+        total, reach = 1.0, 1.0
+        for i, p in enumerate(self.position_alphas(whole + 1)):
+            if i == whole:
+                return total + (m - whole) * reach * p
+            reach *= p
+            total += reach
+        return total
+
+    def observe_positions(self, proposed: int, accepted: int, decay: float) -> None:
+        """Count a verified proposal of ``proposed`` ids of which the first ``accepted`` were accepted."""
+        while len(self.positions) < proposed:
+            self.positions.append([0.0, 0.0])
+        for i, counts in enumerate(self.positions):
+            counts[0] *= decay
+            counts[1] *= decay
+            if i < proposed and i <= accepted:
+                counts[0] += 1
+                counts[1] += 1 if i < accepted else 0
 
 
 @dataclass
@@ -90,9 +137,24 @@ class _CostModel:
                 translate_s=f(raw.get("translate_s"), 0.0), accepted=f(raw.get("accepted"), 1.0, 1e-6),
                 rejected=f(raw.get("rejected"), 1.0, 1e-6), ratio=f(raw.get("ratio"), 1.0, 1e-6),
                 explore_cost=f(raw.get("explore_cost"), 0.0), explored=int(f(raw.get("explored"), 0)),
-                explore_ids=int(f(raw.get("explore_ids"), 0)))
+                explore_ids=int(f(raw.get("explore_ids"), 0)), positions=_positions(raw.get("positions")))
         return cls(sources=sources, **{name: f(data.get(name), 0.0) for name in ("w", "wn", "wnn", "wt", "wnt",
                                                                                 "elapsed")})
+
+
+def _positions(raw) -> list[list[float]]:
+    """Per-position counts from a priors entry; anything damaged is dropped (the counts restart)."""
+    if not isinstance(raw, list):
+        return []
+    out = []
+    for pair in raw[:64]:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            return []
+        reached, accepted = priors.finite(pair[0], -1.0), priors.finite(pair[1], -1.0)
+        if reached < 0 or accepted < 0 or accepted > reached:
+            return []
+        out.append([reached, accepted])
+    return out
 
 
 class AdaptiveK:
@@ -105,16 +167,20 @@ class AdaptiveK:
     * the cost per proposed draft token ``t_d`` (propose time / k, the
       drafter's catch-up included) and the translation cost ``t_x``;
     * the per-token acceptance probability ``α`` (accepted / (accepted +
-      rejections)), and ``ρ``, target ids proposed per draft token (translation
-      changes the count);
+      rejections)), and for each position i of a proposal ``P_i``, how often
+      it was accepted when every earlier one was (acceptance comes in bursts,
+      so later positions are accepted more often than the first), shrunk
+      towards ``α`` where it has been reached rarely; and ``ρ``, target ids
+      proposed per draft token (translation changes the count);
 
     and, shared by all sources, the target pass cost as a line in the number of
     fed ids, ``t_v(n) = a + b n``, fitted by weighted least squares on every
     cycle (plain steps included).
 
     With these, a cycle proposing k draft tokens verifies ``m = ρk`` target ids
-    and yields ``E(k) = (1 − α^(m+1)) / (1 − α)`` tokens on average (the
-    paper's i.i.d. model) at cost ``k t_d + t_x + t_v(m + 1)``; k = 0 yields
+    and yields ``E(k) = 1 + Σ_{j≤m} Π_{i<j} P_i`` tokens on average (with
+    every ``P_i = α``, the paper's i.i.d. ``(1 − α^(m+1)) / (1 − α)``) at cost
+    ``k t_d + t_x + t_v(m + 1)``; k = 0 yields
     one token at cost ``t_v(1)``. It picks the k with the most tokens per
     second, from the first cycle (the prompt pass included).
 
@@ -180,6 +246,7 @@ class AdaptiveK:
                 self._learnt[setup.pair] = self.model
         self._exploring: set[str] = set()
         self._idle: dict[str, int] = {}
+        self._since_probe = 0  # cycles since a proposal one id longer than the best was tried
         self._observed = 0
 
     @property
@@ -236,9 +303,8 @@ class AdaptiveK:
             if hint is None:
                 return None
             per_token = hint * base
-        alpha = min(est.alpha(), 0.999)
         m = est.ratio * k
-        tokens = (1 - alpha ** (m + 1)) / (1 - alpha)
+        tokens = est.expected_tokens(m)
         verify = self.verify_cost(m + 1) if measured else 1.0 + SLOPE_GUESS * m
         cost = k * per_token + est.translate_s + verify
         return tokens / cost
@@ -270,7 +336,7 @@ class AdaptiveK:
         best = max(rates, key=lambda k: (rates[k], -k))
         if best:
             self._idle[source] = 0
-            return best
+            return self._probe_longer(est, best)
         self._idle[source] = self._idle.get(source, 0) + 1
         forecast = est.explore_forecast(catch_up, first=self._first_explore_forecast(source, catch_up))
         within_budget = est.explore_cost + forecast <= self.explore_budget * self.model.elapsed
@@ -279,6 +345,22 @@ class AdaptiveK:
             self._exploring.add(source)
             return 1
         return 0
+
+    def _probe_longer(self, est: _SourceEstimate, best: int) -> int:
+        """``best``, or one more every ``explore_every`` cycles while the position past it is barely measured.
+
+        A position the policy never proposes is never measured, so a text whose later positions would be
+        accepted more often than the first (see :meth:`_SourceEstimate.position_alphas`) would keep it at a short
+        k; one id longer now and then costs one draft token and one verified id, and stops once that position
+        has ``POSITION_PRIOR`` cycles of its own.
+        """
+        self._since_probe += 1
+        m = int(est.ratio * best)  # the first position a longer proposal would add
+        reached = est.positions[m][0] if m < len(est.positions) else 0.0
+        if best < self.k_max and reached < POSITION_PRIOR and self._since_probe >= self.explore_every:
+            self._since_probe = 0
+            return best + 1
+        return best
 
     def finish(self) -> None:
         """The generation ended: keep what was learnt in the priors file (unless priors are off)."""
@@ -312,6 +394,7 @@ class AdaptiveK:
         if report.proposed:
             est.accepted = d * est.accepted + report.accepted
             est.rejected = d * est.rejected + (1 if report.accepted < report.proposed else 0)
+            est.observe_positions(report.proposed, report.accepted, d)
 
 
 @hookimpl

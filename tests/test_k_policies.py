@@ -250,3 +250,55 @@ def test_adaptive_k_is_lossless_on_random_prompts(prompt, pair, translator, max_
     baseline = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=max_tokens), target=target).result()
     config = RunConfig(prompt=prompt, translator=translator, k_policy="adaptive", k=1, k_max=5, max_tokens=max_tokens)
     assert Run(config, target=target, draft=draft).result().token_ids == baseline.token_ids
+
+
+def _bursty_tokens(k: int, first: float, then: float) -> float:
+    """Expected tokens of a k-id proposal when the first id is accepted with ``first``, each later one with ``then``."""
+    return 1 + sum(first * then ** (j - 1) for j in range(1, k + 1))
+
+
+def _bursty_share_of_best(first: float, then: float, seed: int = 5) -> tuple[float, list[int]]:
+    """Adaptive's rate over cycles 300-400 of bursty acceptance, as a share of the best fixed k's rate."""
+    draft_per_token, verify_base, verify_per_id = 0.004, 0.1, 0.004
+
+    def true_rate(k):
+        return _bursty_tokens(k, first, then) / (k * draft_per_token + verify_base + verify_per_id * (k + 1))
+
+    policy, rng, chosen = _adaptive(k=2, k_max=8), random.Random(seed), []
+    for cycle in range(400):
+        k = policy.choose()
+        accepted = 0
+        while accepted < k and rng.random() < (first if accepted == 0 else then):
+            accepted += 1
+        policy.observe(CycleReport(k=k, proposed=k, accepted=accepted, fed=k + 1, draft_s=k * draft_per_token,
+                                   translate_s=0.0, verify_s=verify_base + verify_per_id * (k + 1)))
+        if cycle >= 300:
+            chosen.append(k)
+    best = max(true_rate(k) for k in range(9))
+    return sum(true_rate(k) for k in chosen) / len(chosen) / best, chosen
+
+
+def test_adaptive_learns_that_later_positions_are_accepted_more_often(monkeypatch):
+    """Bursty acceptance (first id 40%, each later one 95% once the first is in): adaptive picks the k that pays.
+
+    With the per-position counts pooled into one α (the paper's i.i.d. model, ``POSITION_PRIOR`` made
+    huge), the same policy under-predicts long proposals and falls short on the same cycles.
+    """
+    share, chosen = _bursty_share_of_best(0.4, 0.95)
+    assert share >= 0.97, sorted(set(chosen))
+    import specfw_plugins.k_policies as k_policies
+
+    monkeypatch.setattr(k_policies, "POSITION_PRIOR", 1e9)
+    pooled, pooled_chosen = _bursty_share_of_best(0.4, 0.95)
+    assert pooled < 0.93, sorted(set(pooled_chosen))  # the scenario does tell the two apart
+
+
+@given(alpha=st.floats(0.01, 0.98), m=st.floats(0, 8))
+def test_expected_tokens_with_one_alpha_is_the_papers_formula(alpha, m):
+    """With no per-position counts, E(m) is (1 - α^(m+1)) / (1 - α) at whole m and between its neighbours otherwise."""
+    from specfw_plugins.k_policies import _SourceEstimate
+
+    est = _SourceEstimate(accepted=alpha, rejected=1 - alpha)
+    lo, hi = int(m), int(m) + 1
+    formula = [(1 - alpha ** (n + 1)) / (1 - alpha) for n in (lo, hi)]
+    assert est.expected_tokens(m) == pytest.approx(formula[0] + (m - lo) * (formula[1] - formula[0]), rel=1e-9)

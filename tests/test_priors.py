@@ -63,7 +63,8 @@ def _run_pair_key(run: Run) -> str:
 
 def test_cost_model_round_trip(cache):
     model = _paying_model()
-    model.sources["target"] = _SourceEstimate(draft_per_token=None, explore_cost=0.3, explored=2, explore_ids=40)
+    model.sources["target"] = _SourceEstimate(draft_per_token=None, explore_cost=0.3, explored=2, explore_ids=40,
+                                              positions=[[5.5, 2.0], [2.0, 1.5]])
     assert priors.save_cost_model("pair-a", model.as_dict())
     data = json.loads((cache / "priors.json").read_text())
     assert data["version"] == priors.VERSION
@@ -78,6 +79,9 @@ def test_damaged_values_take_their_starting_values(cache):
                                                                                       "draft_per_token": "?"}}})
     assert model.w == 0.0 and model.wt == 0.0
     assert model.sources["draft"] == _SourceEstimate(draft_per_token=None)
+    for damaged in ("x", [[1.0]], [[1.0, 2.0]], [[float("nan"), 0.0]], [[3.0, 1.0], "y"]):
+        source = _CostModel.from_dict({"sources": {"draft": {"positions": damaged}}}).sources["draft"]
+        assert source.positions == [], damaged
 
 
 def test_the_policy_uses_priors_from_the_first_cycle(cache):
