@@ -22,6 +22,11 @@ drafter, when the accepted text turns out to agree with them: with
 its proposal on a second MLX stream while the target verifies it, so when
 the whole proposal is accepted the next proposal is often ready.
 
+The cycle is written once, as a coroutine (:func:`speculative_steps`) that
+asks its driver for every target forward pass: :func:`speculative_stream`
+answers them one generation at a time, and :mod:`specfw.batch` answers many
+generations' requests with one batched target pass.
+
 Losslessness rests on one rule: every emitted id comes out of the verifier
 (or the target's own next-id rule in a plain step), from the target's logits
 over exactly the accepted target ids. Drafter, translator, k policy and
@@ -34,7 +39,7 @@ import codecs
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Generator, Iterator, Sequence
 
 import mlx.core as mx
 
@@ -56,6 +61,22 @@ class Token:
     id: int
     text: str
     from_draft: bool
+
+
+@dataclass
+class ForwardRequest:
+    """A target forward pass a cycle needs: ``feed`` on ``cache``; the last ``n_logits`` logits rows are sent back.
+
+    ``feed`` is a list of ids, or (a plain step queued ahead, single driver
+    only) a lazy ``mx.array`` of one id.
+    """
+
+    cache: list
+    feed: Sequence[int] | mx.array
+    n_logits: int
+
+
+Steps = Generator["Token | ForwardRequest", "mx.array | None", None]
 
 
 @dataclass
@@ -210,6 +231,38 @@ def speculative_stream(
 ) -> Iterator[Token]:
     """Generate up to ``max_tokens`` target ids; with ``draft`` None, the target alone.
 
+    The cycle is :func:`speculative_steps`; this drives it alone, answering
+    each of its forward requests with :func:`specfw.forward.forward_logits`
+    (lazily, so a plain step queued ahead overlaps as in mlx-lm).
+    """
+    steps = speculative_steps(target, draft, max_tokens, stats, prompt_cache, overlap=True)
+    try:
+        item = next(steps)
+        while True:
+            if isinstance(item, ForwardRequest):
+                item = steps.send(forward_logits(target.model, item.cache, item.feed, item.n_logits))
+            else:
+                yield item
+                item = next(steps)
+    except StopIteration:
+        return
+    finally:
+        steps.close()
+
+
+def speculative_steps(
+    target: TargetSide, draft: DraftSide | None, max_tokens: int, stats: RunStats,
+    prompt_cache: PromptCache | None = None, overlap: bool = False,
+) -> Steps:
+    """The cycle as a coroutine: yields each generated :class:`Token`, and a :class:`ForwardRequest` wherever
+    it needs the target's logits, which the driver sends back (``steps.send(logits)``).
+
+    A driver may answer several generations' requests with one batched pass
+    (:mod:`specfw.batch`). ``overlap``: when a plain step is known to follow
+    a plain step, request its forward (on the lazy next id) before the
+    current id is read, as mlx-lm's ``generate_step`` does; only a driver that
+    answers lazily, one generation at a time, can use that.
+
     The first cycle verifies a proposal in the prompt pass itself (the
     drafter drafts from the prompt, as the paper's implementation does), so
     the first pass can already yield several ids; each later cycle drafts and
@@ -302,7 +355,7 @@ def speculative_stream(
         if proposed:
             feed = target_ids[cached:] + proposed
             fed = len(feed)
-            logits = forward_logits(target.model, cache, feed, len(proposed) + 1)
+            logits = yield ForwardRequest(cache, feed, len(proposed) + 1)
             if draft_ids and ahead_stream is not None:
                 # Parallel drafting: the target pass runs on the default stream while the drafter drafts past its
                 # proposal on its own; the verifier's decision below waits for the target only.
@@ -325,12 +378,12 @@ def speculative_stream(
             accepted, fed = 0, (1 if queued is not None else len(target_ids) - cached)
             step = queued
             if step is None:
-                step = verifier.next_id(forward_logits(target.model, cache, target_ids[cached:], 1)[-1])
+                step = verifier.next_id((yield ForwardRequest(cache, target_ids[cached:], 1))[-1])
                 cached = len(target_ids)
             # When the next cycle is a plain step too, queue its forward before reading this id (mlx-lm's overlap).
             queued = None
-            if remaining > 1 and chooser.next_is_plain(remaining - 1):
-                queued = verifier.next_id(forward_logits(target.model, cache, step.reshape(1), 1)[-1])
+            if overlap and remaining > 1 and chooser.next_is_plain(remaining - 1):
+                queued = verifier.next_id((yield ForwardRequest(cache, step.reshape(1), 1))[-1])
                 mx.async_eval(queued)
             next_id = step.item()
             if queued is not None:
