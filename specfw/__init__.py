@@ -15,6 +15,8 @@ Library use::
         print(r.text, end="")
 
 ``generate(config)`` returns a ``RunResult``; ``generate(model, tokenizer, prompt, ...)`` returns the text.
+``batch_generate(model, tokenizer, prompts, ...)`` decodes several prompts together, sharing each target pass
+(:mod:`specfw.batch`), each as it would alone.
 """
 
 from specfw.blas import load_optimized_blas
@@ -25,7 +27,7 @@ from specfw.config import RunConfig  # noqa: E402
 from specfw.errors import SpecfwError  # noqa: E402
 
 __all__ = ["RunConfig", "SpecfwError", "Run", "RunResult", "generate", "stream_generate", "load",
-           "GenerationResponse", "PromptCache"]
+           "GenerationResponse", "PromptCache", "batch_generate", "BatchResponse", "BatchEngine"]
 
 
 def __getattr__(name: str):
@@ -34,10 +36,14 @@ def __getattr__(name: str):
         from specfw import run
 
         return getattr(run, name)
-    if name in ("generate", "stream_generate", "load", "GenerationResponse"):
+    if name in ("generate", "stream_generate", "load", "GenerationResponse", "batch_generate", "BatchResponse"):
         from specfw import api  # generate(config) keeps returning a RunResult; see specfw.api.generate
 
         return getattr(api, name)
+    if name == "BatchEngine":
+        from specfw.batch import BatchEngine
+
+        return BatchEngine
     if name == "PromptCache":
         from specfw.prompt_cache import PromptCache
 

@@ -202,6 +202,32 @@ def stream_generate(
     (``k_policy``, ``cache_sync``, ``drafter``, ``prefix_window``, ...).
     Without ``draft_model`` the target runs alone (unless ``drafter`` needs no model).
     """
+    run = prompt_run(model, tokenizer, prompt, draft_model=draft_model, draft_tokenizer=draft_tokenizer,
+                     translator=translator, k=k, max_tokens=max_tokens, sampler=sampler, draft_prompt=draft_prompt,
+                     **options)
+    stop_ids = run.target_side.stop_ids
+    run.target_side.stop_ids = frozenset()  # end tokens are caught below, to end as mlx-lm does
+    yield from _responses(run, stop_ids, run.config.max_tokens)
+
+
+def prompt_run(
+    model: Any,
+    tokenizer: Any,
+    prompt: str | Sequence[int] | mx.array,
+    *,
+    draft_model: Any = None,
+    draft_tokenizer: Any = None,
+    translator: str = "context",
+    k: int = 2,
+    max_tokens: int = 256,
+    sampler: Callable[[mx.array], mx.array] | None = None,
+    draft_prompt: str | Sequence[int] | None = None,
+    **options: Any,
+) -> PromptRun:
+    """The :class:`PromptRun` that :func:`stream_generate` runs for these arguments (same meanings).
+
+    Its target side stops at the mlx-lm tokenizer's ``eos_token_ids`` (else specfw's end ids).
+    """
     if max_tokens == 0:
         raise ValueError("max_tokens must be non-zero (use -1 for no limit)")
     target_tok = as_specfw_tokenizer(tokenizer)
@@ -230,10 +256,86 @@ def stream_generate(
         **options,
     )
     run = PromptRun(config, target_ids, draft_ids, target=target, draft=draft)
-    run.target_side.stop_ids = frozenset()  # end tokens are caught below, to end as mlx-lm does
+    run.target_side.stop_ids = _stop_ids(tokenizer, target_tok)
     if sampler is not None:
         run.target_side.verifier = SamplerVerifier(sampler)
-    yield from _responses(run, _stop_ids(tokenizer, target_tok), config.max_tokens)
+    return run
+
+
+@dataclass
+class BatchResponse:
+    """What :func:`batch_generate` returns, in prompt order (as mlx-lm's ``BatchResponse``, plus specfw's results).
+
+    ``texts``: each generation's text ("" where it failed); ``token_ids``: its
+    ids when asked for (``return_token_ids``); ``results``: its
+    :class:`~specfw.run.RunResult` (None where it failed); ``errors``: the
+    exception it failed with, else None. ``generation_tokens`` / ``wall_s`` /
+    ``generation_tps``: all generations' tokens, the whole call's seconds
+    (prefills included) and their ratio.
+    """
+
+    texts: list[str]
+    token_ids: list[list[int]] | None
+    results: list[Any]
+    errors: list[BaseException | None]
+    generation_tokens: int
+    wall_s: float
+    generation_tps: float
+    peak_memory: float
+
+
+def batch_generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Sequence[int] | mx.array],
+    *,
+    max_tokens: int | Sequence[int] = 128,
+    max_batch: int | None = None,
+    requests: Sequence[dict[str, Any]] | None = None,
+    return_token_ids: bool = False,
+    verbose: bool = False,
+    **options: Any,
+) -> BatchResponse:
+    """Generate for every prompt, up to ``max_batch`` at a time sharing each target pass (:mod:`specfw.batch`).
+
+    mlx-lm's shape: the target ``model`` and ``tokenizer``, a list of prompts
+    (text or ids), ``max_tokens`` one for all or one per prompt. ``options``
+    are :func:`stream_generate`'s (``draft_model``, ``draft_tokenizer``,
+    ``translator``, ``k``, ``sampler``, and any :class:`~specfw.config.RunConfig`
+    field) for every prompt; ``requests[i]`` overrides them for prompt i (its
+    own drafter, translator, k, k policy, temperature, seed, ...). Each
+    generation stops at the tokenizer's end ids and gives the ids it gives
+    alone (greedy; sampling with the same seed). A generation that fails
+    leaves its error in ``errors`` and the others go on.
+    """
+    from specfw.batch import DEFAULT_MAX_BATCH, generate_runs
+
+    count = len(prompts)
+    limits = [max_tokens] * count if isinstance(max_tokens, int) else list(max_tokens)
+    overrides = list(requests) if requests is not None else [{}] * count
+    if len(limits) != count or len(overrides) != count:
+        raise ValueError("max_tokens and requests need one entry per prompt")
+    start = time.perf_counter()
+    runs = [prompt_run(model, tokenizer, prompt, **{"max_tokens": limit, **options, **override})
+            for prompt, limit, override in zip(prompts, limits, overrides)]
+    outcomes = generate_runs(runs, max_batch or DEFAULT_MAX_BATCH)
+    wall = time.perf_counter() - start
+    results = [None if isinstance(o, BaseException) else o for o in outcomes]
+    generated = sum(len(r.token_ids) for r in results if r is not None)
+    response = BatchResponse(
+        texts=[r.text if r is not None else "" for r in results],
+        token_ids=[r.token_ids if r is not None else [] for r in results] if return_token_ids else None,
+        results=results,
+        errors=[o if isinstance(o, BaseException) else None for o in outcomes],
+        generation_tokens=generated,
+        wall_s=wall,
+        generation_tps=generated / max(wall, 1e-9),
+        peak_memory=mx.get_peak_memory() / 1e9,
+    )
+    if verbose:
+        print(f"specfw: {count} prompts, {generated} tokens in {wall:.2f} s ({response.generation_tps:.1f} tok/s), "
+              f"{sum(e is not None for e in response.errors)} failed")
+    return response
 
 
 def _responses(run: Run, stop_ids: frozenset[int], max_tokens: int) -> Iterator[GenerationResponse]:
@@ -300,5 +402,5 @@ def generate(first: Any, *args: Any, **kwargs: Any):
     return _generate_text(first, *args, **kwargs)
 
 
-__all__ = ["GenerationResponse", "PromptRun", "SamplerVerifier", "as_specfw_tokenizer", "encode_prompt", "generate",
-           "load", "stream_generate"]
+__all__ = ["BatchResponse", "GenerationResponse", "PromptRun", "batch_generate", "SamplerVerifier", "as_specfw_tokenizer", "encode_prompt", "generate",
+           "load", "prompt_run", "stream_generate"]

@@ -1,0 +1,211 @@
+"""Continuous batching: several generations decode together, sharing each target pass.
+
+A :class:`BatchEngine` holds up to ``max_batch`` active generations on one
+target model, each a :func:`specfw.scheduler.speculative_steps` coroutine with
+its own KV caches, drafter, translator, k policy, verifier, sampling settings,
+seed and stop ids. Each :meth:`BatchEngine.cycle`:
+
+1. drops cancelled generations and admits waiting ones (a generation joins
+   once its coroutine has prefilled its prompt and asked for its first target
+   pass);
+2. answers every active generation's pending target pass (its ragged proposal,
+   or one id for a plain step) with **one** :func:`specfw.batch_forward.batched_forward`
+   call (a lone generation gets a plain ``forward_logits`` pass);
+3. sends each its logits and runs it on (verification, per-row cache rollback,
+   emitted tokens, its next draft) until it asks for its next pass or ends.
+
+Generations leave between cycles when they end. Every emitted id comes out of
+the generation's own verifier over its own logits, so its output is what it
+gives alone (greedy: the same ids; sampling: the same ids for the same seed,
+whose draws are keyed by seed and position); only the timings and so an
+adaptive k policy's choices (never the output) may differ. A generation whose
+coroutine raises fails alone (:attr:`Generation.error`); the others go on.
+
+Under batching each generation decodes without the single path's plain-step
+overlap (a plain step's forward is not queued before its id is read).
+A :class:`~specfw.prompt_cache.PromptCache` works per generation: give each
+concurrent generation its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import mlx.core as mx
+
+from specfw.batch_forward import batched_forward
+from specfw.forward import forward_logits
+from specfw.prompt_cache import PromptCache
+from specfw.run import Run, RunResult
+from specfw.scheduler import ForwardRequest, Steps, Token, speculative_steps
+from specfw.stats import RunStats
+
+DEFAULT_MAX_BATCH = 4
+
+
+@dataclass
+class Generation:
+    """One generation in a :class:`BatchEngine`: its coroutine, the tokens it has produced, and how it ended."""
+
+    steps: Steps
+    tag: Any = None
+    tokens: list[Token] = field(default_factory=list)
+    done: bool = False
+    cancelled: bool = False
+    error: BaseException | None = None
+    pending: ForwardRequest | None = None
+    _taken: int = 0
+
+    def take(self) -> list[Token]:
+        """The tokens produced since the last ``take``."""
+        new = self.tokens[self._taken :]
+        self._taken = len(self.tokens)
+        return new
+
+    def cancel(self) -> None:
+        """Leave the batch at the next cycle (its coroutine is closed there)."""
+        self.cancelled = True
+
+
+class BatchEngine:
+    """Decodes up to ``max_batch`` generations together on ``model``, one batched target pass per cycle."""
+
+    def __init__(self, model: Any, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self.model = model
+        self.max_batch = max_batch
+        self.waiting: deque[Generation] = deque()
+        self.active: list[Generation] = []
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting or self.active)
+
+    def add(self, steps: Steps, tag: Any = None) -> Generation:
+        """Queue a :func:`~specfw.scheduler.speculative_steps` coroutine on this engine's target; it joins at a cycle."""
+        generation = Generation(steps, tag)
+        self.waiting.append(generation)
+        return generation
+
+    def add_run(self, run: Run, prompt_cache: PromptCache | None = None, tag: Any = None) -> Generation:
+        """Queue ``run`` (its target must be this engine's model); ``run.stats`` fills in as it decodes."""
+        if run.target.model is not self.model:
+            raise ValueError("the run's target model is not this engine's model")
+        return self.add(run_steps(run, prompt_cache), tag)
+
+    def cycle(self) -> list[Generation]:
+        """Admit, run one batched target pass, advance every generation; return those that ended in this cycle."""
+        ended: list[Generation] = []
+        for generation in list(self.waiting):
+            if generation.cancelled:
+                self.waiting.remove(generation)
+                generation.done = True
+                ended.append(generation)
+        for generation in self.active:
+            if generation.cancelled and not generation.done:
+                generation.steps.close()
+                generation.done = True
+        while self.waiting and len([g for g in self.active if not g.done]) < self.max_batch:
+            generation = self.waiting.popleft()
+            self.active.append(generation)
+            _advance(generation, None)  # prefill and first draft; joins with its first target pass
+        rows = [g for g in self.active if not g.done and g.pending is not None]
+        for generation, logits in zip(rows, self._forward(rows)):
+            if isinstance(logits, BaseException):
+                _fail(generation, logits)
+            else:
+                _advance(generation, logits)
+        ended += [g for g in self.active if g.done]
+        self.active = [g for g in self.active if not g.done]
+        return ended
+
+    def run(self) -> None:
+        """Cycle until every generation has ended."""
+        while self.busy:
+            self.cycle()
+
+    def _forward(self, rows: list[Generation]) -> list[mx.array | BaseException]:
+        requests = [g.pending for g in rows]
+        if len(requests) > 1:
+            try:
+                logits = batched_forward(self.model, [r.cache for r in requests], [r.feed for r in requests],
+                                         [r.n_logits for r in requests])
+                mx.async_eval(logits)
+                return logits
+            except Exception:  # e.g. a row's cache is not a plain KVCache: each row alone, failing alone
+                pass
+        out: list[mx.array | BaseException] = []
+        for r in requests:
+            try:
+                out.append(forward_logits(self.model, r.cache, r.feed, r.n_logits))
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+
+def _advance(generation: Generation, logits: mx.array | None) -> None:
+    """Send ``logits`` (None: start) and collect tokens until the coroutine asks for a pass or ends."""
+    generation.pending = None
+    try:
+        item = generation.steps.send(logits)
+        while isinstance(item, Token):
+            generation.tokens.append(item)
+            item = next(generation.steps)
+        generation.pending = item
+    except StopIteration:
+        generation.done = True
+    except Exception as exc:
+        _fail(generation, exc)
+
+
+def _fail(generation: Generation, exc: BaseException) -> None:
+    generation.error, generation.done, generation.pending = exc, True, None
+    generation.steps.close()
+
+
+def run_steps(run: Run, prompt_cache: PromptCache | None = None) -> Steps:
+    """``run``'s generation as a :func:`~specfw.scheduler.speculative_steps` coroutine (no plain-step overlap).
+
+    As :meth:`Run.stream`: a fresh ``run.stats``, ``max_tokens`` capped at the target's context.
+    """
+    run.stats = RunStats()
+    max_tokens = run.config.max_tokens
+    limit = run.target.context_length
+    if limit is not None:
+        max_tokens = min(max_tokens, limit - len(run.target_side.prompt_ids))
+    return speculative_steps(run.target_side, run.draft_side, max_tokens, run.stats, prompt_cache)
+
+
+def run_result(run: Run, tokens: Sequence[Token]) -> RunResult:
+    """A :class:`RunResult` for ``run`` from the tokens it produced (as :meth:`Run.result` builds it)."""
+    ids = [t for t in tokens if t.id >= 0]
+    return RunResult(
+        config=run.config,
+        target=run.target.source,
+        draft=None if run.config.baseline else (run.draft.source if run.draft else run.config.draft),
+        translator_used=run.translator_used,
+        text="".join(t.text for t in tokens),
+        token_ids=[t.id for t in ids],
+        from_draft=[t.from_draft for t in ids],
+        stats=run.stats,
+        notes=list(run.notes),
+    )
+
+
+def generate_runs(runs: Iterable[Run], max_batch: int = DEFAULT_MAX_BATCH,
+                  prompt_caches: Sequence[PromptCache | None] | None = None) -> list[RunResult | BaseException]:
+    """Run every run to the end, ``max_batch`` at a time; each entry is its result, or the exception it failed with.
+
+    All runs must share one target model.
+    """
+    runs = list(runs)
+    if not runs:
+        return []
+    engine = BatchEngine(runs[0].target.model, max_batch)
+    caches = list(prompt_caches) if prompt_caches is not None else [None] * len(runs)
+    generations = [engine.add_run(run, cache) for run, cache in zip(runs, caches)]
+    engine.run()
+    return [g.error if g.error is not None else run_result(run, g.tokens) for run, g in zip(runs, generations)]
