@@ -50,8 +50,11 @@ _POSITION_KEY_MIX = 0x3C6EF372FE94F82B  # keeps the position keys apart from the
 
 
 def position_key(seed: int, position: int) -> mx.array:
-    """The random key of the draw for generated position ``position`` (0: the first generated id) under ``seed``."""
-    return mx.random.key((((seed % 2**31) << 32) | (position % 2**32)) ^ _POSITION_KEY_MIX)
+    """The random key of the draw for generated position ``position`` (0: the first generated id) under ``seed``.
+
+    Each seed in 0..2^32-1 (the range the server accepts) has keys of its own: the seed fills the high 32 bits.
+    """
+    return mx.random.key((((seed % 2**32) << 32) | (position % 2**32)) ^ _POSITION_KEY_MIX)
 
 
 class SampleVerifier:
