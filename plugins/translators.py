@@ -35,6 +35,10 @@ from specfw.tokenizers import Tokenizer, single_byte_ids
 # A window is extended back to a word start by at most this many extra ids.
 WORD_START_REACH = 16
 _WHITESPACE = b" \t\n\r"
+_SPACES = b" \t\n\r\x0b\x0c"
+
+AUTO_BACK_WINDOW = 8
+"""Draft ids re-encoded with the accepted text in the ``context`` translator's ``back_window=auto`` cycles that resync."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -125,6 +129,20 @@ def context_resync(tok: Tokenizer, context: Sequence[int], new_text: str, window
             return end, tok.encode_continuation(new_text)
     agree = common_prefix_len(ids, recent)
     return start + agree, ids[agree:]
+
+
+def ends_in_whitespace(tok: Tokenizer, context: Sequence[int]) -> bool:
+    """Whether the text of ``context`` ends with whitespace (a space, tab or line break).
+
+    Then the next accepted text continues a run of whitespace or starts the
+    word after it, and encoded on its own it is split where the draft
+    tokenizer never splits (``"\\n"`` + ``"    elif"`` instead of
+    ``"\\n   "`` + ``" elif"``). A special id at the end is not whitespace.
+    """
+    if not context or not _is_text_id(tok, context[-1]):
+        return False
+    piece = tok.token_bytes(context[-1])
+    return bool(piece) and piece[-1] in _SPACES
 
 
 class _TextBackTranslation:
@@ -248,8 +266,9 @@ class ContextTranslator(_TextBackTranslation):
 
     name = "context"
     option_names = ("unstable_share", "back_window")
-    back_window: int = 0
-    """Draft ids re-encoded with the accepted text for the drafter (0: the new text is encoded on its own)."""
+    back_window: int | None = None
+    """Draft ids re-encoded with the accepted text for the drafter: None (``auto``, the default) chooses per
+    cycle (:meth:`to_draft`), 0 always encodes the new text on its own, N > 0 always re-encodes after N ids."""
     unstable_share: float | None = None
     """Largest weighted share of probe letters that may change a proposed id; None (default) proposes every id."""
 
@@ -269,13 +288,36 @@ class ContextTranslator(_TextBackTranslation):
                 raise PluginError(f"translator 'context': unstable_share must be in [0, 1], got {self.unstable_share}")
         self.draft_window = self.back_window
         back = setup.config.translator_options.get("back_window")
-        if back is not None:
+        if back is not None and str(back).strip().lower() != "auto":
             try:
                 self.draft_window = int(back)
             except (TypeError, ValueError):
-                raise PluginError(f"translator 'context': back_window must be a whole number >= 0, got {back!r}") from None
+                raise PluginError(f"translator 'context': back_window must be 'auto' or a whole number >= 0, "
+                                  f"got {back!r}") from None
             if self.draft_window < 0:
                 raise PluginError(f"translator 'context': back_window must be >= 0, got {self.draft_window}")
+        self.mode_counts: dict[str, int] = {}
+        """Cycles per back-translation mode: ``append`` (the new text encoded on its own) and ``resync``
+        (re-encoded after the drafter's last ids, :func:`context_resync`)."""
+
+    def to_draft(self, acceptance: Acceptance) -> tuple[int, list[int]]:
+        """Back-translation: append the new text's own encoding, or re-encode it after the drafter's last ids.
+
+        With ``back_window`` auto (the default) the choice is made per cycle,
+        by the text: where the drafter's context ends in whitespace (a space,
+        tab or line break: a target cycle ended inside or right after a run of
+        whitespace) the new text is re-encoded after the last
+        :data:`AUTO_BACK_WINDOW` draft ids, so the drafter reads the run as its
+        own tokenizer splits it (as HF's UAG re-encodes the last target tokens);
+        elsewhere (prose: cycles end on or inside words) it is appended, which
+        accepted more there. :attr:`mode_counts` counts the cycles of each.
+        """
+        window = self.draft_window
+        if window is None:
+            window = AUTO_BACK_WINDOW if ends_in_whitespace(self.draft, acceptance.draft_context) else 0
+        mode = "resync" if window else "append"
+        self.mode_counts[mode] = self.mode_counts.get(mode, 0) + 1
+        return context_resync(self.draft, acceptance.draft_context, acceptance.new_text, window)
 
     def to_target(self, proposal: Proposal) -> list[int]:
         new = proposal.new_bytes

@@ -473,12 +473,16 @@ class FidelityResult:
     translator: str
     k: int
     stats: FidelityStats
+    modes: dict[str, int] = field(default_factory=dict)
+    """Cycles per mode the translator chose (its ``mode_counts``, e.g. ``context``'s back-translation
+    ``append`` / ``resync``); empty for translators that have one behaviour."""
 
     def as_dict(self) -> dict:
         s = self.stats
         return {
             "translator": self.translator,
             "k": self.k,
+            "modes": dict(self.modes),
             "fidelity": s.fidelity,
             "proposed": s.proposed,
             "accepted": s.accepted,
@@ -595,7 +599,11 @@ def run_fidelity(
                     bar.update(1)
                 if name in report.skipped:
                     break
-                results.append(FidelityResult(name, k, total))
+                modes = dict(getattr(translator, "mode_counts", None) or {})
+                results.append(FidelityResult(name, k, total, modes))
+                if modes:
+                    shown = ", ".join(f"{mode} {count}" for mode, count in sorted(modes.items()))
+                    report.notes.append(f"{name} k={k}: cycles per mode: {shown}")
             if name not in report.skipped:
                 report.results += results
     finally:

@@ -1,7 +1,9 @@
 """Lossless, greedy: every translator × cache-sync × k gives the target-alone ids.
 
 Prompts come from hypothesis (Polish with diacritics, emoji, CJK, runs of
-spaces and newlines, and literal special-token strings); models are tiny
+spaces and newlines, literal special-token strings, and code-like and
+whitespace-heavy pieces: indentation, aligned columns, tabs); ``context`` runs
+with each of its back-translation modes and its hold-back; models are tiny
 random-weight float32 MLX models sized to the real tokenizers. Two drafters
 per example: the ``mlx`` drafter (a random model: mostly rejections) and the
 ``replay`` drafter fed the target's own continuation in the draft vocabulary
@@ -32,7 +34,16 @@ FRAGMENTS = st.one_of(
     st.sampled_from(["<s>", "</s>", "<|endoftext|>", "[INST]", "[/INST]", "   ", "\n\n", "\t", " w Warszawie", "Zażółć"]),
     st.text(min_size=1, max_size=6),
 )
-PROMPTS = st.lists(FRAGMENTS, min_size=1, max_size=5).map("".join).filter(lambda s: s.strip() != "")
+# Code-like and whitespace-heavy pieces: indentation runs, line breaks after colons, aligned columns, tabs.
+CODE = st.one_of(
+    st.sampled_from(["def f(x):\n", "    return x\n", "        if x:\n", "\n\n    ", "class A:\n    ", "elif", "):",
+                     "\t\t", "  # note\n", "x  =  1\n", "Name:        ", "    - item\n", "{\n  \"a\": 1,\n}"]),
+    st.text(alphabet=" \n\t", min_size=1, max_size=8),
+    st.text(alphabet="abcxyz_():=[]{}.,0123456789 \n", min_size=1, max_size=10),
+)
+PROMPTS = st.lists(st.one_of(FRAGMENTS, CODE), min_size=1, max_size=5).map("".join).filter(lambda s: s.strip() != "")
+# The context translator's back-translation modes (auto: per cycle) and its hold-back, drawn per example.
+CONTEXT_OPTIONS = st.sampled_from([{}, {"back_window": "0"}, {"back_window": "8"}, {"unstable_share": "0.4"}])
 
 
 def _baseline(target, prompt: str, max_tokens: int):
@@ -51,11 +62,13 @@ def _replay_reference(target, draft, prompt: str, baseline) -> list[int]:
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("cache_sync", CACHE_SYNCS)
 @pytest.mark.parametrize("translator", TRANSLATORS)
-@given(prompt=PROMPTS, pair=st.sampled_from(PAIRS), max_tokens=st.integers(4, 16), window=st.integers(0, 6))
-def test_greedy_speculative_equals_target_alone(translator, cache_sync, k, prompt, pair, max_tokens, window):
+@given(prompt=PROMPTS, pair=st.sampled_from(PAIRS), max_tokens=st.integers(4, 16), window=st.integers(0, 6),
+       options=CONTEXT_OPTIONS)
+def test_greedy_speculative_equals_target_alone(translator, cache_sync, k, prompt, pair, max_tokens, window, options):
     target, draft = tiny_loaded(pair[0]), tiny_loaded(pair[1])
     baseline = _baseline(target, prompt, max_tokens)
-    common = dict(prompt=prompt, translator=translator, cache_sync=cache_sync, k=k, max_tokens=max_tokens, prefix_window=window)
+    common = dict(prompt=prompt, translator=translator, cache_sync=cache_sync, k=k, max_tokens=max_tokens, prefix_window=window,
+                  translator_options=options if translator == "context" else {})
 
     spec = Run(RunConfig(**common), target=target, draft=draft).result()
     assert spec.token_ids == baseline.token_ids

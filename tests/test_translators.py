@@ -270,7 +270,8 @@ def test_back_translation_rewrites_a_merge_across_the_boundary():
         keep, append = translator.to_draft(Acceptance([], "szcz", context))
         assert keep == len(context) - 1
         assert context[:keep] + append == qwen.encode_continuation("Przepis. Jak ugotować barszcz")
-    # No window (the default, back_window 0): the paper's resync, which appends and leaves " bar" "szcz".
+    # No window (back_window 0, and auto where the context ends inside a word): the paper's resync, which
+    # appends and leaves " bar" "szcz".
     for translator in (_translator("context", "qwen2.5", "mistral-v0.1", 4),
                        _translator("context", "qwen2.5", "mistral-v0.1", 4, back_window="0")):
         keep, append = translator.to_draft(Acceptance([], "szcz", context))
@@ -426,15 +427,38 @@ def test_unstable_share_is_a_translator_option():
 
 
 def test_back_window_is_a_translator_option():
-    """0 by default (the new text encoded on its own and appended); N re-encodes after the last N draft ids."""
+    """auto by default (chosen per cycle); 0 always appends; N always re-encodes after the last N draft ids."""
     from specfw.errors import PluginError
 
     qwen = load_tokenizer("qwen2.5")
     context = qwen.encode_continuation("Przepis. Jak ugotować bar")
-    assert _translator("context", "qwen2.5", "mistral-v0.1", 4).draft_window == 0
+    assert _translator("context", "qwen2.5", "mistral-v0.1", 4).draft_window is None
+    assert _translator("context", "qwen2.5", "mistral-v0.1", 4, back_window="auto").draft_window is None
+    assert _translator("context", "qwen2.5", "mistral-v0.1", 4, back_window="0").draft_window == 0
     assert _translator("context", "qwen2.5", "mistral-v0.1", 4, back_window="3").draft_window == 3
     keep, append = _translator("context", "qwen2.5", "mistral-v0.1", 4).to_draft(Acceptance([], "szcz", context))
     assert (keep, append) == (len(context), qwen.encode_continuation("szcz"))
     for bad in ("-1", "many", "1.5"):
         with pytest.raises(PluginError, match="back_window"):
             _translator("context", "qwen2.5", "mistral-v0.1", 4, back_window=bad)
+
+
+@pytest.mark.parametrize("draft_name", ["qwen2.5", "llama3", "smollm2"])
+def test_back_translation_by_default_resyncs_after_whitespace_and_appends_elsewhere(draft_name):
+    """auto: a cycle that ended in whitespace (here a line break before an indented ``elif``) is re-encoded with
+    the drafter's last ids, so the drafter reads the indentation as its own tokenizer splits it; a cycle that
+    ended inside a word is appended (the paper's resync). ``mode_counts`` says which each cycle got."""
+    tok = load_tokenizer(draft_name)
+    translator = _translator("context", draft_name, "mistral-v0.1", 4)
+    head = "def sign(x):\n    if x > 0:\n        return 1\n"
+    context = tok.encode_continuation(head)
+    keep, append = translator.to_draft(Acceptance([], "    elif x < 0:", context))
+    assert context[:keep] + append == tok.encode_continuation(head + "    elif x < 0:")
+    appended = tok.encode_continuation("Przepis. Jak ugotować bar")
+    keep, append = translator.to_draft(Acceptance([], "szcz", appended))
+    assert (keep, append) == (len(appended), tok.encode_continuation("szcz"))
+    assert translator.mode_counts == {"resync": 1, "append": 1}
+    fixed = _translator("context", draft_name, "mistral-v0.1", 4, back_window="0")
+    keep, append = fixed.to_draft(Acceptance([], "    elif x < 0:", context))
+    assert (keep, append) == (len(context), tok.encode_continuation("    elif x < 0:"))
+    assert fixed.mode_counts == {"append": 1}
