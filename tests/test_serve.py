@@ -3,8 +3,10 @@
 Greedy text through the server must equal `specfw run --json` and the
 target alone; a bounded load of concurrent clients gets right answers or
 clean 503s; faults get the right status and an OpenAI error body and leave
-the server running; SIGTERM drains the request in flight, then exits 0.
-Traffic goes to loopback only; every wait is bounded.
+the server running; a client that leaves, queued or generating, frees its
+place at once; SIGTERM drains the request in flight, then exits 0, and a
+second signal stops it at once. Traffic goes to loopback only; every wait is
+bounded (hang guards, no timing asserts).
 """
 
 from __future__ import annotations
@@ -31,12 +33,22 @@ PROMPTS = ["The capital of France is", "Once upon a time, there was a little"]
 MAX_TOKENS = 10
 START_TIMEOUT_S = 300  # first use imports the default pair into the session's model cache
 REQUEST_TIMEOUT_S = 300
+HANG_GUARD_S = 60  # what should happen at once must happen within this (a guard against hangs, not a timing)
+LONG = 2000  # max_tokens of a generation that is still running when a test acts on it
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _wait_for(predicate, what: str, timeout: float = HANG_GUARD_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
 
 
 def _session_env(tmp_path_factory) -> dict:
@@ -62,7 +74,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited: {self.output()}")
             try:
-                if self.get("/health")[0] == 200:
+                if self.request("GET", "/health", key=None)[0] == 200:
                     return
             except OSError:
                 pass
@@ -85,10 +97,11 @@ class Server:
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                 key: str | None = "default"):
+        """A request; a header given as None is not sent (Content-Type: application/json unless told)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_S)
         try:
-            conn.request(method, path, body=body, headers={"Content-Type": "application/json",
-                                                            **self.headers(key), **(headers or {})})
+            sent = {"Content-Type": "application/json", **self.headers(key), **(headers or {})}
+            conn.request(method, path, body=body, headers={k: v for k, v in sent.items() if v is not None})
             response = conn.getresponse()
             data = response.read()
             return response.status, dict(response.getheaders()), data
@@ -98,6 +111,24 @@ class Server:
     def get(self, path: str):
         status, _, data = self.request("GET", path)
         return status, json.loads(data)
+
+    def health(self) -> dict:
+        """/health, asked as a probe asks: without the API key."""
+        status, _, data = self.request("GET", "/health", key=None)
+        assert status == 200, data
+        return json.loads(data)
+
+    def stats(self) -> dict:
+        status, stats = self.get("/stats")
+        assert status == 200, stats
+        return stats
+
+    def open_request(self, payload: dict, path: str = "/v1/completions") -> http.client.HTTPConnection:
+        """A request sent on a raw connection whose answer is not read (the caller reads it or walks away)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT_S)
+        conn.request("POST", path, body=json.dumps(payload).encode(),
+                     headers={"Content-Type": "application/json", **self.headers()})
+        return conn
 
     def post(self, path: str, payload, **kwargs):
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -211,8 +242,12 @@ def test_stop_sequences_are_cut_and_held_back():
 def test_models_and_health(server):
     models = server.client().models.list()
     assert [m.id for m in models.data] == ["gemma3-270m"]
-    status, health = server.get("/health")
-    assert status == 200 and health["status"] == "ok"
+    # /health needs no key (probes do not carry one) and tells liveness and queue state, nothing more.
+    assert server.health() == {"status": "ok", "busy": False, "waiting": 0}
+    assert server.request("HEAD", "/health", key=None)[0] == 200
+    stats = server.stats()  # the model and the counters are behind the key
+    assert stats["model"] == "gemma3-270m" and stats["max_queue"] == 3 and stats["completed"] >= 0, stats
+    assert server.request("GET", "/stats", key=None)[0] == 401
 
 
 @pytest.mark.slow
@@ -236,9 +271,14 @@ def test_completions_equal_specfw_run_and_the_target_alone(server, expected, tmp
 
     chunks = list(client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=MAX_TOKENS, stream=True,
                                             stream_options={"include_usage": True}))
-    assert "".join(c.choices[0].text for c in chunks) == cli_text
-    assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason == "length"
-    assert chunks[-1].usage.completion_tokens == MAX_TOKENS
+    # As OpenAI sends it: the usage in a last chunk of its own with no choices, every other chunk's usage null.
+    *text_chunks, usage_chunk = chunks
+    assert usage_chunk.choices == [] and usage_chunk.usage.completion_tokens == MAX_TOKENS
+    assert usage_chunk.usage.total_tokens == usage_chunk.usage.prompt_tokens + MAX_TOKENS
+    assert all(c.usage is None and len(c.choices) == 1 for c in text_chunks)
+    assert "".join(c.choices[0].text for c in text_chunks) == cli_text
+    assert len(text_chunks) > 2 and text_chunks[-1].choices[0].finish_reason == "length"
+    assert text_chunks[-1].model_extra["specfw"]["cycles"] > 0
 
     stop = " France"
     assert stop in cli_text
@@ -313,7 +353,7 @@ def test_faults_get_openai_errors_and_the_server_keeps_running(server):
     assert got == 400 and _error(body)["param"].startswith("messages")
     status, _, data = server.request("GET", "/v1/nothing-here")
     assert status == 404 and _error(json.loads(data))["type"] == "not_found_error"
-    for path in ("/health", "/v1/models", "/v1/nothing-here"):  # the key is checked before anything else
+    for path in ("/stats", "/v1/models", "/v1/nothing-here"):  # the key is checked before anything else
         status, _, data = server.request("GET", path, key=None)
         assert status == 401 and _error(json.loads(data))["code"] == "invalid_api_key"
     status, _, data = server.request("POST", path, b'{"prompt": ', key="wrong-key")
@@ -325,41 +365,182 @@ def test_faults_get_openai_errors_and_the_server_keeps_running(server):
         openai.OpenAI(base_url=server.base_url, api_key="wrong", max_retries=0).models.list()
     with pytest.raises(openai.NotFoundError):
         server.client().completions.create(model="nope", prompt="x", max_tokens=2)
-    assert server.get("/health")[0] == 200
+    assert server.health()["status"] == "ok"
     assert server.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=2).choices[0].text
+
+
+def _walk_away(conn: http.client.HTTPConnection) -> None:
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+
+
+@pytest.mark.slow
+def test_fields_clients_send_are_served_or_refused_by_name(server, expected):
+    import openai
+
+    client = server.client()
+    # seed: 0..2^32-1; outside it a 400 naming the field, in OpenAI's shape.
+    for seed in (-1, 2**32, 2**70):
+        got, _, body = server.post("/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 2, "seed": seed})
+        error = _error(body)
+        assert got == 400 and error["param"] == "seed" and error["message"].startswith("seed: "), body
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=2, seed=-1)
+    # Seeds that differ only above bit 31 draw apart (they once shared a stream).
+    texts = {seed: client.completions.create(model="gemma3-270m", prompt=PROMPTS[1], max_tokens=16, temperature=2.0,
+                                             seed=seed).choices[0].text for seed in (5, 5 + 2**31)}
+    assert texts[5] != texts[5 + 2**31], texts
+    assert client.completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=2, temperature=1.0,
+                                     seed=2**32 - 1).choices[0].text is not None
+
+    # presence_penalty / frequency_penalty: 0 is served, anything else refused by name.
+    plain = client.completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=MAX_TOKENS,
+                                      presence_penalty=0, frequency_penalty=0.0)
+    assert plain.choices[0].text == expected(PROMPTS[0])
+    for name in ("presence_penalty", "frequency_penalty"):
+        with pytest.raises(openai.BadRequestError) as raised:
+            client.chat.completions.create(model="gemma3-270m", max_tokens=2, **{name: 0.5},
+                                           messages=[{"role": "user", "content": "Hi"}])
+        assert raised.value.body["param"] == name and raised.value.body["code"] == "unsupported_value"
+        assert raised.value.body["message"].startswith(f"{name}: only 0")
+        got, _, body = server.post("/v1/completions", {"prompt": "x", "max_tokens": 2, name: 3})
+        assert got == 400 and _error(body)["param"] == name, body
+
+    # An agent's history: an assistant turn with null content and a tool call, then the tool's result.
+    history = [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+    ]
+    rendered = [{"role": "user", "content": history[0]["content"]},
+                {"role": "assistant", "content": "", "tool_calls": history[1]["tool_calls"]},
+                {"role": "tool", "content": "Sunny, 21 C", "tool_call_id": "call_1"}]
+    reply = client.chat.completions.create(model="gemma3-270m", messages=history, max_tokens=MAX_TOKENS)
+    assert reply.choices[0].message.content == _chat_reply(expected, rendered)
+    for bad, param in (({"role": "user", "content": None}, "messages.0"),
+                       ({"role": "tool", "content": "x", "tool_calls": []}, "messages.0")):
+        got, _, body = server.post("/v1/chat/completions", {"messages": [bad], "max_tokens": 2})
+        assert got == 400 and _error(body)["param"] == param, body
+
+
+@pytest.mark.slow
+def test_stream_usage_is_a_chunk_of_its_own_in_chat(server):
+    chunks = list(server.client().chat.completions.create(
+        model="gemma3-270m", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == chunks[-1].usage.total_tokens - \
+        chunks[-1].usage.prompt_tokens
+    assert chunks[-2].choices[0].finish_reason is not None and all(c.usage is None for c in chunks[:-1])
+    plain = list(server.client().chat.completions.create(
+        model="gemma3-270m", messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True))
+    assert all(c.choices and c.usage is None for c in plain)  # no usage chunk unless asked for
+
+
+@pytest.mark.slow
+def test_a_body_that_is_not_sent_as_json_is_told_so(server):
+    body = json.dumps({"prompt": PROMPTS[0], "max_tokens": 2}).encode()
+    for content_type, said in ((None, "without a Content-Type"),
+                               ("application/x-www-form-urlencoded", "application/x-www-form-urlencoded"),
+                               ("text/plain", "text/plain")):
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            status, _, data = server.request("POST", path, body, headers={"Content-Type": content_type})
+            error = _error(json.loads(data))
+            assert status == 415 and error["code"] == "unsupported_media_type", data
+            assert "Content-Type: application/json" in error["message"] and said in error["message"], error
+    status, _, data = server.request("POST", "/v1/completions", body,
+                                     headers={"Content-Type": "application/json; charset=utf-8"})
+    assert status == 200, data
+    status, _, _ = server.request("POST", "/v1/completions", body, headers={"Content-Type": None}, key="wrong")
+    assert status == 401  # the key is still checked first
+
+
+def test_a_template_that_cannot_render_the_messages_is_named(tmp_path):
+    from types import SimpleNamespace
+
+    from specfw.serve.prompts import TemplateRefused, chat_ids, transcript
+
+    template = ("{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}"
+                "{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}"
+                "<{{ m['role'] }}>{{ m['content'] }}{% endfor %}")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+
+    class Tok:
+        add_bos, bos_id = False, None
+
+        def encode_with_specials(self, text):
+            return [ord(c) for c in text]
+
+        encode = encode_with_specials
+
+    loaded, tok = SimpleNamespace(path=tmp_path), Tok()
+    ok = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]
+    assert chat_ids(loaded, tok, ok) == [ord(c) for c in "<user>hi<assistant>"]
+    messages = [*ok, {"role": "tool", "content": "42", "tool_call_id": "c1"}]
+    with pytest.raises(TemplateRefused) as refused:
+        chat_ids(loaded, tok, messages)
+    assert str(refused.value).startswith("messages: the target model's chat template cannot render these messages "
+                                         "(they include 'tool' messages): Only user and assistant roles")
+    # The drafter's side only proposes: it falls back to the transcript.
+    assert chat_ids(loaded, tok, messages, fallback=True) == chat_ids(None, tok, messages)
+    assert transcript(messages).endswith("TOOL: 42\nASSISTANT:")
 
 
 @pytest.mark.slow
 def test_a_client_that_disconnects_mid_stream_frees_the_slot(server, expected):
-    before = server.get("/health")[1]
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT_S)
-    body = json.dumps({"prompt": PROMPTS[1], "max_tokens": 400, "stream": True})
-    conn.request("POST", "/v1/completions", body=body,
-                 headers={"Content-Type": "application/json", **server.headers()})
+    before = server.stats()
+    conn = server.open_request({"prompt": PROMPTS[1], "max_tokens": LONG, "stream": True})
     response = conn.getresponse()
     assert response.status == 200
     while not response.readline().startswith(b"data: {"):  # the first token has been generated
         pass
-    conn.sock.shutdown(socket.SHUT_RDWR)  # the client goes away mid-generation
-    conn.close()
-    # The next request is served (the abandoned one stops within a cycle, far short of its 400 tokens).
+    _walk_away(conn)  # the client goes away mid-generation
+    # The next request is served (the abandoned one stops within a cycle, far short of its tokens).
     answer = server.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=MAX_TOKENS)
     assert answer.choices[0].text == expected(PROMPTS[0])
-    after = server.get("/health")[1]
+    after = server.stats()
     assert after["cancelled"] == before["cancelled"] + 1 and after["busy"] is False, (before, after)
 
-    # A non-streaming client that leaves while its answer is being generated is noticed too.
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT_S)
-    conn.request("POST", "/v1/completions", body=json.dumps({"prompt": PROMPTS[1], "max_tokens": 400}),
-                 headers={"Content-Type": "application/json", **server.headers()})
-    deadline = time.monotonic() + REQUEST_TIMEOUT_S
-    while not server.get("/health")[1]["busy"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    conn.sock.shutdown(socket.SHUT_RDWR)
-    conn.close()
+
+@pytest.mark.slow
+def test_a_non_streaming_client_that_disconnects_frees_the_slot_at_once(server, expected):
+    """Its tokens keep coming, yet its leaving is seen at once (not only after a pause between events)."""
+    before = server.stats()
+    for attempt in range(3):
+        conn = server.open_request({"prompt": PROMPTS[attempt % 2], "max_tokens": LONG})
+        _wait_for(lambda: server.health()["busy"], "the generation starts")
+        time.sleep(0.3)  # a few cycles in: pieces are flowing
+        _walk_away(conn)
+        _wait_for(lambda: not server.health()["busy"], "a disconnected client's generation stops")
+    after = server.stats()
+    # Stopped, not run to its end: every one counted as cancelled, none as completed.
+    assert after["cancelled"] == before["cancelled"] + 3 and after["completed"] == before["completed"], (before, after)
     answer = server.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=MAX_TOKENS)
     assert answer.choices[0].text == expected(PROMPTS[0])
-    assert server.get("/health")[1]["cancelled"] == before["cancelled"] + 2
+
+
+@pytest.mark.slow
+def test_a_queued_client_that_leaves_frees_its_place_at_once(server, expected):
+    before = server.stats()
+    running = server.open_request({"prompt": PROMPTS[1], "max_tokens": LONG})
+    _wait_for(lambda: server.health()["busy"], "the generation starts")
+    queued = [server.open_request({"prompt": PROMPTS[0], "max_tokens": 4, "stream": i == 0}) for i in range(3)]
+    _wait_for(lambda: server.health()["waiting"] == 3, "three requests queue up")
+    for conn in queued:
+        _walk_away(conn)
+    # Their places are free while the first request is still generating (not when they reach the head).
+    _wait_for(lambda: server.health()["waiting"] == 0, "queued clients that left give their places up")
+    assert server.health()["busy"] is True
+    assert server.stats()["cancelled"] == before["cancelled"] + 3
+    again = [server.open_request({"prompt": PROMPTS[0], "max_tokens": 4}) for _ in range(3)]  # the places are there
+    _wait_for(lambda: server.health()["waiting"] == 3, "new requests take the freed places")
+    _walk_away(running)
+    for conn in again:
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["choices"][0]["text"] == expected(PROMPTS[0], 4)
+        conn.close()
+    after = server.stats()
+    assert after["cancelled"] == before["cancelled"] + 4 and after["completed"] == before["completed"] + 3
 
 
 @pytest.mark.slow
@@ -384,6 +565,7 @@ def test_concurrent_clients_get_right_text_or_a_clean_503(server, expected):
                 assert exc.status_code == 503, exc
                 assert int(exc.response.headers["retry-after"]) >= 1
                 assert exc.body["code"] == "queue_full", exc.body  # the client hands over the inner error object
+                assert "(--max-queue 3)" in exc.body["message"], exc.body  # the bound, not a count
                 outcomes.append("503")
         return outcomes
 
@@ -393,8 +575,7 @@ def test_concurrent_clients_get_right_text_or_a_clean_503(server, expected):
         futures = [pool.submit(client_session, i) for i in range(8)]
         outcomes = [o for f in futures for o in f.result(timeout=900)]
     assert len(outcomes) == 32 and "ok" in outcomes and "503" in outcomes, outcomes
-    status, health = server.get("/health")
-    assert status == 200 and health["waiting"] == 0
+    assert server.health()["waiting"] == 0
 
 
 @pytest.mark.slow
@@ -410,11 +591,40 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(tmp_path_factory, exp
         asking = threading.Thread(target=ask)
         asking.start()
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        while not srv.get("/health")[1]["busy"] and time.monotonic() < deadline:
+        while not srv.health()["busy"] and time.monotonic() < deadline:
             time.sleep(0.05)
         srv.proc.send_signal(signal.SIGTERM)
         asking.join(timeout=REQUEST_TIMEOUT_S)
         assert result.get("text") == expected(PROMPTS[0])
         assert srv.proc.wait(timeout=120) == 0, srv.output()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_second_signal_during_the_drain_stops_at_once(tmp_path_factory, second):
+    srv = Server(_session_env(tmp_path_factory))
+    try:
+        stream = srv.open_request({"prompt": PROMPTS[1], "max_tokens": LONG, "stream": True})
+        response = stream.getresponse()
+        assert response.status == 200
+        while not response.readline().startswith(b"data: {"):  # generating
+            pass
+        queued = srv.open_request({"prompt": PROMPTS[0], "max_tokens": LONG})
+        _wait_for(lambda: srv.health()["waiting"] == 1, "a second request queues up")
+        srv.proc.send_signal(second)
+        _wait_for(lambda: "draining the requests in flight" in srv.output(), "the first signal is taken")
+        assert srv.proc.poll() is None  # draining: the stream goes on
+        srv.proc.send_signal(second)
+        assert srv.proc.wait(timeout=HANG_GUARD_S) == 128 + second, srv.output()
+        # The stream was closed cleanly: an error event, then the end of the chunked body (no IncompleteRead).
+        rest = response.read().decode()
+        events = [json.loads(line[len("data: "):]) for line in rest.splitlines() if line.startswith("data: {")]
+        assert events and events[-1]["error"]["code"] == "server_shutting_down", rest[-500:]
+        answer = queued.getresponse()
+        assert answer.status == 503 and _error(json.loads(answer.read()))["code"] == "server_shutting_down"
+        log = srv.output()
+        assert "stopping the requests in flight" in log and "Traceback" not in log and "ERROR" not in log, log
     finally:
         srv.stop()

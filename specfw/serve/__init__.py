@@ -3,14 +3,20 @@
 ``protocol`` holds the wire format (pydantic), ``engine`` the models, the
 queue and the generation thread, ``app`` the routes. :func:`serve` binds the
 socket and runs the app on uvicorn until SIGTERM or SIGINT, which lets the
-requests in flight finish and then ends with status 0.
+requests in flight finish and then ends with status 0. A second SIGTERM or
+SIGINT during that drain stops at once: every queued and running request
+ends with an error (a stream gets an error event, then its clean end), and
+the process exits with 128 + the signal's number.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import signal
 import socket
+import sys
 import threading
 
 from specfw.config import RunConfig
@@ -44,7 +50,7 @@ def serve(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8080, api_k
     """Load the models of ``config``, then serve until SIGTERM/SIGINT; return the exit status."""
     uvicorn, AppStatus = _imports()
     from specfw.serve.app import create_app
-    from specfw.serve.engine import Engine
+    from specfw.serve.engine import ABORT_GRACE_S, Engine
 
     sock = listening_socket(host, port)
     try:
@@ -57,6 +63,8 @@ def serve(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8080, api_k
     AppStatus.disable_automatic_graceful_drain()
 
     class Server(uvicorn.Server):
+        aborted_by: int | None = None  # the second signal, which stopped the drain
+
         @contextlib.contextmanager
         def capture_signals(self):
             # As uvicorn's, except that the signal is not raised again after the graceful drain: exit status 0.
@@ -69,6 +77,32 @@ def serve(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8080, api_k
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)
+
+        def handle_exit(self, sig, frame):
+            # A signal handler: it sets flags and hands the rest to the event loop (no I/O here: a print could
+            # land inside another print of this thread).
+            if self.aborted_by is not None:  # a third signal: nothing more to wait for
+                os._exit(128 + sig)
+            if self.should_exit:
+                self.aborted_by = sig
+            self.should_exit = True
+            try:
+                asyncio.get_running_loop().call_soon_threadsafe(self.on_signal)
+            except RuntimeError:  # the loop is not running (starting or ending): nothing in flight to stop
+                pass
+
+        def on_signal(self):
+            if self.aborted_by is None:
+                if log is not None:
+                    log("draining the requests in flight (send the signal again to stop them now)")
+                return
+            if log is not None:
+                log("stopping the requests in flight")
+            engine.abort()
+            # The aborted streams end within a cycle; should a connection hang on regardless, stop waiting for it.
+            timer = threading.Timer(ABORT_GRACE_S, lambda: setattr(self, "force_exit", True))
+            timer.daemon = True
+            timer.start()
 
     server = Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=None))
     if log is not None:
@@ -83,5 +117,14 @@ def serve(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8080, api_k
     server.run(sockets=[sock])
     import mlx.core as mx
 
+    if server.aborted_by is not None:
+        status = 128 + server.aborted_by
+        engine.abort()  # a no-op unless uvicorn stopped waiting before the engine was told
+        engine.join(ABORT_GRACE_S)
+        if engine.running:  # still inside one long step (a prefill): do not wait it out
+            sys.stderr.flush()
+            os._exit(status)
+        mx.clear_streams()
+        return status
     mx.clear_streams()  # this thread's MLX streams, before interpreter teardown (see Engine._work)
     return 0

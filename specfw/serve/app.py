@@ -22,7 +22,19 @@ from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from specfw.errors import SpecfwError
-from specfw.serve.engine import ContextTooLong, Engine, Failed, Finished, Job, Piece, QueueFull, Started, retry_after
+from specfw.serve.engine import (
+    ContextTooLong,
+    Engine,
+    Failed,
+    Finished,
+    Job,
+    Piece,
+    QueueFull,
+    ShuttingDown,
+    Started,
+    retry_after,
+)
+from specfw.serve.prompts import TemplateRefused
 from specfw.serve.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -44,7 +56,10 @@ from specfw.serve.protocol import (
 )
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-DISCONNECT_POLL_S = 0.25
+# Routes whose body is JSON; a body sent as anything else gets 415 naming the Content-Type it needs.
+JSON_ROUTES = frozenset({"/v1/completions", "/v1/chat/completions"})
+# Answered without the API key: probes and load balancers do not carry it.
+OPEN_PATHS = frozenset({"/health"})
 
 
 class APIError(Exception):
@@ -64,7 +79,26 @@ def error_response(status: int, message: str, type_: str, code: str | None = Non
 
 
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-                 405: "invalid_request_error", 413: "invalid_request_error", 503: "server_overloaded"}
+                 405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+                 503: "server_overloaded"}
+
+
+class JsonOnly:
+    """ASGI middleware: a POST to a JSON route whose Content-Type is not JSON gets 415 that says so."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in JSON_ROUTES:
+            given = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1")
+            media = given.partition(";")[0].strip().lower()
+            if media != "application/json" and not media.endswith("+json"):
+                got = f"it was sent as '{given}'" if given else "it was sent without a Content-Type"
+                response = error_response(415, f"the body must be JSON sent with 'Content-Type: application/json'; "
+                                          f"{got}", "invalid_request_error", "unsupported_media_type")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -105,13 +139,14 @@ class BodyLimit:
 
 
 class ApiKeyGate:
-    """ASGI middleware: with a key set, every HTTP request needs ``Authorization: Bearer KEY`` (401 first)."""
+    """ASGI middleware: with a key set, every HTTP request but /health needs ``Authorization: Bearer KEY``
+    (401 first)."""
 
     def __init__(self, app, key: str) -> None:
         self.app, self.key = app, key.encode()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")
             # Constant time: the comparison must not reveal how much of the key matched.
@@ -134,6 +169,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
             await anyio.to_thread.run_sync(engine.stop)
 
     app = FastAPI(title="specfw", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit, limit=max_body_bytes)
     if api_key is not None:
         app.add_middleware(ApiKeyGate, key=api_key)  # added last: runs first, before the body is read
@@ -171,10 +207,16 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
 
     # -- routes --------------------------------------------------------------
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
+        """Liveness and queue state only: it needs no API key, so it tells nothing about the models."""
+        return {"status": "ok", "busy": engine.busy, "waiting": engine.waiting}
+
+    @app.get("/stats")
+    async def stats():
+        """/health's fields, the model and the request counters (behind the API key, as every route but /health)."""
         return {"status": "ok", "model": engine.model_id, "busy": engine.busy, "waiting": engine.waiting,
-                "completed": engine.completed, "cancelled": engine.cancelled}
+                "max_queue": engine.max_queue, "completed": engine.completed, "cancelled": engine.cancelled}
 
     @app.get("/v1/models")
     async def models() -> ModelList:
@@ -194,7 +236,6 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
             return Completion(
                 id=ident, created=created, model=engine.model_id,
                 choices=[CompletionChoice(text=text, finish_reason=finish)],
-                usage=_usage(prompt_tokens, finished) if finished and body.include_usage else None,
                 specfw=finished.info if finished else None,
             ).model_dump_json()
 
@@ -202,8 +243,12 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
             async def events() -> AsyncIterator[str]:
                 async for item in reply.pieces():
                     yield chunk(item.text, None) if isinstance(item, Piece) else chunk("", item.finish_reason, item)
+                    if isinstance(item, Finished) and body.include_usage:  # OpenAI's usage chunk: no choices
+                        yield Completion(id=ident, created=created, model=engine.model_id, choices=[],
+                                         usage=_usage(prompt_tokens, item)).model_dump_json()
                 yield "[DONE]"
 
+            reply.stop_watching()  # from here EventSourceResponse listens for the disconnect
             return EventSourceResponse(reply.guarded(events()))
         text, finished = await reply.collect()
         return Completion(id=ident, created=created, model=engine.model_id,
@@ -212,8 +257,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        messages = [{"role": m.role, "content": m.text} for m in body.messages]
-        job = await _queued(body, body.token_limit, request, label=messages[-1]["content"], messages=messages)
+        messages = [m.rendered() for m in body.messages]
+        job = await _queued(body, body.token_limit, request, label=body.messages[-1].text, messages=messages)
         reply = Reply(job, request)
         prompt_tokens = await reply.started()
         ident, created = new_id("chatcmpl"), now()
@@ -222,7 +267,6 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
             return ChatCompletionChunk(
                 id=ident, created=created, model=engine.model_id,
                 choices=[ChatChunkChoice(delta=delta, finish_reason=finish)],
-                usage=_usage(prompt_tokens, finished) if finished and body.include_usage else None,
                 specfw=finished.info if finished else None,
             ).model_dump_json()
 
@@ -234,8 +278,12 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
                         yield chunk(Delta(content=item.text), None)
                     else:
                         yield chunk(Delta(), item.finish_reason, item)
+                        if body.include_usage:  # OpenAI's usage chunk: no choices
+                            yield ChatCompletionChunk(id=ident, created=created, model=engine.model_id, choices=[],
+                                                      usage=_usage(prompt_tokens, item)).model_dump_json()
                 yield "[DONE]"
 
+            reply.stop_watching()  # from here EventSourceResponse listens for the disconnect
             return EventSourceResponse(reply.guarded(events()))
         text, finished = await reply.collect()
         return ChatCompletion(id=ident, created=created, model=engine.model_id,
@@ -251,6 +299,10 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
         if body.model is not None and body.model != engine.model_id:
             raise APIError(404, f"the model '{body.model}' does not exist; this server serves '{engine.model_id}'",
                            code="model_not_found", param="model")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(body, name):
+                raise APIError(400, f"{name}: only 0 is supported (speculative decoding here is lossless against "
+                               "the target's unpenalised distribution)", code="unsupported_value", param=name)
         overrides = body.overrides()
         for name, value in (("max_tokens", max_tokens), ("temp", body.temperature), ("top_p", body.top_p),
                             ("seed", body.seed)):
@@ -267,6 +319,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
                            headers={"Retry-After": str(retry_after(engine))}) from None
         except ContextTooLong as exc:
             raise APIError(400, str(exc), code="context_length_exceeded") from None
+        except TemplateRefused as exc:
+            raise APIError(400, str(exc), code="invalid_value", param="messages") from None
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first.get("loc", ())) or None
@@ -286,38 +340,58 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
     return app
 
 
+class _Gone:
+    """Put in a job's events when its client disconnected."""
+
+
 class Reply:
-    """Reads one job's events for a route; cancels the job when the client goes away."""
+    """Reads one job's events for a route; cancels the job as soon as the client goes away.
+
+    A task waits on the connection's next ASGI message (the body has been read, so only ``http.disconnect``
+    can come) while the request is queued, and for a non-streaming one until its answer is complete: a queued
+    request leaves the queue at once, a running one stops at its next token. Once a stream starts,
+    EventSourceResponse listens for the disconnect instead (``stop_watching``).
+    """
 
     def __init__(self, job: Job, request: Request) -> None:
         self.job, self.request = job, request
+        self._watcher: asyncio.Task | None = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self.request.receive())["type"] != "http.disconnect":
+            pass
+        self.job.cancel()
+        self.job.events.put_nowait(_Gone())
+
+    def stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
 
     async def _next(self):
-        """The job's next event; cancels the job when the client has disconnected meanwhile (a 499 nobody reads)."""
-        while True:
-            try:
-                return await asyncio.wait_for(self.job.events.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if await self.request.is_disconnected():
-                    self.job.cancel()
-                    raise APIError(499, "the client closed the request", code="client_closed") from None
+        """The job's next event; a 499 nobody reads once the client has disconnected."""
+        event = await self.job.events.get()
+        if isinstance(event, _Gone):
+            raise APIError(499, "the client closed the request", code="client_closed")
+        return event
 
     async def started(self) -> int:
         """Wait for the generation to start (it may be queued); its prompt length, or the error it failed with."""
         try:
             event = await self._next()
+            if isinstance(event, Failed):
+                raise _as_api_error(event.error)
         except BaseException:
             self.job.cancel()
+            self.stop_watching()
             raise
-        if isinstance(event, Failed):
-            raise _as_api_error(event.error)
         assert isinstance(event, Started), event
         return event.prompt_tokens
 
     async def pieces(self) -> AsyncIterator[Union[Piece, Finished]]:
         """Text pieces, then the Finished event."""
         while True:
-            event = await self.job.events.get()
+            event = await self._next()
             if isinstance(event, Failed):
                 raise _as_api_error(event.error)
             yield event
@@ -345,10 +419,13 @@ class Reply:
                     return "".join(text), event
                 text.append(event.text)
         finally:
+            self.stop_watching()
             self.job.cancel()  # a no-op once finished; frees the slot when this request was abandoned
 
 
 def _as_api_error(error: Exception) -> APIError:
+    if isinstance(error, ShuttingDown):
+        return APIError(503, str(error), "server_error", "server_shutting_down")
     if isinstance(error, ContextTooLong):
         return APIError(400, str(error), code="context_length_exceeded")
     if isinstance(error, (SpecfwError, ValidationError)):

@@ -4,8 +4,10 @@ Requests are prepared (tokenized, checked) off the event loop, then queued;
 a single worker thread takes them in order and runs each through the same
 :class:`specfw.run.Run` as ``specfw run``. Events (started, text, finished,
 failed) go back to the request's asyncio queue. A request whose client went
-away is cancelled: the worker stops its generation at the next token, which
-is within one cycle, and takes the next request.
+away is cancelled: a queued one leaves the queue at once, a running one stops
+at the next token, which is within one cycle, and the worker takes the next.
+:meth:`Engine.abort` (a second SIGTERM or Ctrl-C) fails every request in the
+queue and in flight with :class:`ShuttingDown` and ends the worker.
 
 Prompt cache: the KV caches the last generation left (target and drafter)
 are kept with the ids they hold; the next request reuses the longest prefix
@@ -20,6 +22,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import mlx.core as mx
 
@@ -33,8 +36,16 @@ from specfw.serve.prompts import TRANSCRIPT_STOP, chat_ids, has_template
 from specfw.serve.protocol import SpecfwInfo
 
 
+# After an abort: how long the worker may take to end (it stops at its next token) before nobody waits for it.
+ABORT_GRACE_S = 5.0
+
+
 class QueueFull(SpecfwError):
     """Every queue place is taken; the client should retry later."""
+
+
+class ShuttingDown(SpecfwError):
+    """The server was told to stop at once (a second signal): requests in flight end unfinished."""
 
 
 class ContextTooLong(ConfigError):
@@ -74,6 +85,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    on_cancel: Callable[["Job"], None] | None = None  # set by Engine.submit: takes the job out of the queue
 
     def emit(self, event) -> None:
         try:
@@ -82,7 +94,12 @@ class Job:
             self.cancelled.set()
 
     def cancel(self) -> None:
+        """Nobody wants the answer any more: a queued job leaves the queue now, a running one at the next token."""
+        if self.cancelled.is_set():
+            return
         self.cancelled.set()
+        if self.on_cancel is not None:
+            self.on_cancel(self)
 
 
 class StopText:
@@ -129,7 +146,9 @@ class Engine:
         self._waiting: collections.deque[Job] = collections.deque()
         self._lock = threading.Condition()
         self._closing = False
+        self._aborted = False
         self._admitted = 0  # requests queued or generating
+        self._active: Job | None = None  # the job generating now
         self.busy = False
         self.completed = 0  # generations run to their end (length, stop sequence or stop id)
         self.cancelled = 0  # generations stopped early because their client went away
@@ -141,11 +160,38 @@ class Engine:
         self._worker.start()
 
     def stop(self) -> None:
-        """Finish the generation in progress and the queued ones, then end the worker."""
+        """Finish the generation in progress and the queued ones, then end the worker (after ``abort``: wait for
+        it a few seconds at most)."""
         with self._lock:
             self._closing = True
             self._lock.notify_all()
-        self._worker.join()
+        self._worker.join(ABORT_GRACE_S if self._aborted else None)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._worker.is_alive()
+
+    def abort(self) -> None:
+        """Stop at once: every queued and running job fails with ShuttingDown; the worker ends within a cycle.
+
+        Thread-safe; call it from the event loop (not from inside a signal handler).
+        """
+        error = ShuttingDown("the server is shutting down; the request was stopped before it finished")
+        with self._lock:
+            self._closing = self._aborted = True
+            doomed = list(self._waiting)
+            self._waiting.clear()
+            self._admitted -= len(doomed)
+            if self._active is not None:
+                doomed.append(self._active)
+            self._lock.notify_all()
+        for job in doomed:
+            job.cancelled.set()
+            job.emit(Failed(error))
 
     # -- requests ----------------------------------------------------------
 
@@ -177,7 +223,8 @@ class Engine:
             if not has_template(self.target):
                 stop.append(TRANSCRIPT_STOP)
             if self.draft is not None:
-                draft_ids = chat_ids(self.draft, self.draft.tokenizer, messages)
+                # The drafter only proposes: where its template cannot render the messages, the transcript does.
+                draft_ids = chat_ids(self.draft, self.draft.tokenizer, messages, fallback=True)
         elif ids is not None:
             if max(ids) >= tok.vocab_size:
                 raise ConfigError(f"token id {max(ids)} is outside the target's vocabulary of {tok.vocab_size}")
@@ -199,10 +246,24 @@ class Engine:
             if self._closing:
                 raise QueueFull("the server is shutting down")
             if self._admitted > self.max_queue:  # one generating, max_queue waiting
-                raise QueueFull(f"the server is busy: {len(self._waiting)} requests are waiting (--max-queue)")
+                places = (f"the queue's {self.max_queue} places are taken" if self.max_queue
+                          else "no request may wait")
+                raise QueueFull(f"the server is busy: one request is generating and {places} "
+                                f"(--max-queue {self.max_queue}); retry later")
             self._admitted += 1
             self._waiting.append(job)
+            job.on_cancel = self._withdraw
             self._lock.notify()
+
+    def _withdraw(self, job: Job) -> None:
+        """A cancelled job that is still queued gives its place up now (a running one stops at its next token)."""
+        with self._lock:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return  # already taken by the worker, or gone
+            self._admitted -= 1
+            self.cancelled += 1
 
     @property
     def waiting(self) -> int:
@@ -214,7 +275,8 @@ class Engine:
         with self._lock:
             while not self._waiting and not self._closing:
                 self._lock.wait()
-            return self._waiting.popleft() if self._waiting else None
+            self._active = self._waiting.popleft() if self._waiting else None
+            return self._active
 
     def _work(self) -> None:
         try:
@@ -241,8 +303,9 @@ class Engine:
                 self.busy = False
                 with self._lock:
                     self._admitted -= 1
+                    self._active = None
             if last is not None:
-                job.emit(last)
+                job.emit(last)  # after an abort nobody reads it: the job's Failed event came first
 
     def _build(self, job: Job) -> Run:
         c = job.config

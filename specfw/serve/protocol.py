@@ -13,10 +13,12 @@ import time
 import uuid
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # OpenAI allows up to 4 stop sequences; a few more cost nothing here.
 MAX_STOP_SEQUENCES = 16
+# Seeds are 32-bit: each seed in 0..MAX_SEED gives its own stream (the verifier's draws are keyed by seed and position).
+MAX_SEED = 2**32 - 1
 
 
 def _check_plugin(kind: str, name: Optional[str]) -> Optional[str]:
@@ -66,12 +68,15 @@ class _SamplingRequest(SpecfwOptions):
     max_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
     stop: Union[str, list[str], None] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     n: Literal[1] = 1
     user: Optional[str] = None
+    # Accepted as OpenAI spells them; only 0 is served (the route refuses other values by name).
+    presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
 
     @field_validator("stop")
     @classmethod
@@ -116,18 +121,60 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    """A tool call an earlier assistant turn made (agent frameworks send the history back with them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Union[str, list[TextPart]]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Union[str, list[TextPart], None] = None
     name: Optional[str] = None
+    tool_calls: Optional[list[ToolCall]] = None  # assistant messages only
+    tool_call_id: Optional[str] = None  # tool messages only
+
+    @model_validator(mode="after")
+    def _fits_role(self):
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a '{self.role}' message needs content (only an assistant message's may be null)")
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"tool_calls belong to assistant messages, not '{self.role}' ones")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"tool_call_id belongs to tool messages, not '{self.role}' ones")
+        return self
 
     @property
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
+
+    def rendered(self) -> dict:
+        """The message as chat templates take it: content always a string, the tool fields only when given."""
+        message = {"role": self.role, "content": self.text}
+        if self.name is not None:
+            message["name"] = self.name
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class ChatCompletionRequest(_SamplingRequest):
