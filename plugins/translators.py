@@ -3,11 +3,12 @@
 Forward (draft → target) they follow the reference paper's conditions, with
 ``context`` made safe against the boundary absorption of the paper's Section
 6.4 (see :class:`ContextTranslator`). Backward (accepted target text → draft
-ids) all three encode the new text on its own and append it by default (the
-paper's back-translation); ``context`` can instead re-encode it together with
-a window of the drafter's recent context (option ``back_window``,
-:func:`context_resync`), so that the drafter's context stays the draft
-tokenizer's own tokenization of the accepted text.
+ids) ``none`` and ``naive`` encode the new text on its own and append it (the
+paper's back-translation); ``context`` does so too except where the drafter's
+context ends in whitespace, where it re-encodes the new text together with a
+window of the drafter's recent context (:func:`context_resync`; option
+``back_window``), so that runs of whitespace read as the draft tokenizer's own
+tokenization.
 
 A ``(keep, append)`` that rewrites the end of the drafter's context costs no
 extra drafter pass: the scheduler trims the drafter's KV cache to the common
@@ -252,16 +253,19 @@ class ContextTranslator(_TextBackTranslation):
     change them (see :meth:`_stable`): fewer rejected ids (the fidelity
     ``specfw fidelity`` reports), fewer accepted ones.
 
-    Backward (:meth:`to_draft`): the accepted text is encoded on its own and
-    appended (the paper's back-translation), so the drafter's token boundaries
-    fall where the target's cycles ended: where the text repeats, the drafter
-    copies its own context and then proposes words split as the target split
-    them. On the default pair this accepted 3% more ids per target pass than
-    re-encoding with context (13 prompts: 0.864, against 0.837 with
-    ``back_window`` 8), and up to 20% more on repetitive output. With the
-    option ``back_window`` N, :func:`context_resync` re-encodes the new text
-    after the last N draft ids, so the drafter's context is the draft
-    tokenizer's own tokenization of the text.
+    Backward (:meth:`to_draft`), chosen per cycle (``back_window`` auto, the
+    default): where the drafter's context ends in whitespace,
+    :func:`context_resync` re-encodes the new text after the last
+    :data:`AUTO_BACK_WINDOW` draft ids, so runs of spaces and line breaks read
+    as the draft tokenizer splits them; elsewhere the accepted text is encoded
+    on its own and appended (the paper's back-translation), so the drafter's
+    token boundaries fall where the target's cycles ended: where the text
+    repeats, the drafter copies its own context and then proposes words split
+    as the target split them. On the default pair appending accepted 3% more
+    ids per target pass than always re-encoding with context (13 prompts:
+    0.864, against 0.837 with ``back_window`` 8), and up to 20% more on
+    repetitive output. ``back_window`` 0 always appends, N > 0 always
+    re-encodes after the last N draft ids.
     """
 
     name = "context"

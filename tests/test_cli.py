@@ -81,6 +81,7 @@ def test_plugins_lists_every_builtin(capsys):
         ([*TINY, "--translator-option", "bogus=1"], "translator 'context' has no option 'bogus'"),
         ([*TINY, "--translator", "naive", "--translator-option", "unstable_share=0.4"], "it takes none"),
         ([*TINY, "--translator-option", "back_window=-1"], "back_window must be >= 0"),
+        ([*TINY, "--translator-option", "back_window=wide"], "back_window must be 'auto' or a whole number"),
         (["--prompt-file", "/nonexistent/prompt.txt"], "prompt file '/nonexistent/prompt.txt' does not exist"),
         (["--target", "/nonexistent/model"], "does not exist"),
     ],

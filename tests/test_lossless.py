@@ -124,3 +124,22 @@ def test_context_on_garbled_proposals_stays_lossless(pair, window):
     result = Run(config, target=target, draft=draft).result()
     assert result.token_ids == baseline.token_ids
     assert 0 < result.stats.proposed and result.stats.accepted <= result.stats.proposed
+
+
+@pytest.mark.parametrize("pair", [("mistral", "qwen"), ("qwen", "mistral")])
+def test_context_resyncs_whitespace_cycles_and_stays_lossless(pair):
+    """Indented code through ``context``'s default (``back_window`` auto): cycles that end in whitespace are
+    re-encoded with the drafter's last ids, the others appended, and the output is the target's own."""
+    from specfw.run import Run as _Run
+
+    target, draft = tiny_loaded(pair[0]), tiny_loaded(pair[1])
+    prompt = "def sign(x):\n    if x > 0:\n        return 1\n    elif x < 0:\n        return -1\n\n\n    "
+    baseline = _baseline(target, prompt, 24)
+    reference = _replay_reference(target, draft, prompt, baseline)
+    config = RunConfig(prompt=prompt, translator="context", k=2, max_tokens=24, drafter="replay",
+                       drafter_options={"reference": reference})
+    run = _Run(config, target=target, draft=draft)
+    result = run.result()
+    assert result.token_ids == baseline.token_ids
+    modes = run.draft_side.translator.mode_counts
+    assert set(modes) <= {"append", "resync"} and modes.get("resync", 0) >= 1  # the prompt ends in spaces
