@@ -39,8 +39,7 @@ from specfw.batch_forward import batched_forward
 from specfw.forward import forward_logits
 from specfw.prompt_cache import PromptCache
 from specfw.run import Run, RunResult
-from specfw.scheduler import ForwardRequest, Steps, Token, speculative_steps
-from specfw.stats import RunStats
+from specfw.scheduler import ForwardRequest, Steps, Token
 
 DEFAULT_MAX_BATCH = 4
 
@@ -94,7 +93,7 @@ class BatchEngine:
         """Queue ``run`` (its target must be this engine's model); ``run.stats`` fills in as it decodes."""
         if run.target.model is not self.model:
             raise ValueError("the run's target model is not this engine's model")
-        return self.add(run_steps(run, prompt_cache), tag)
+        return self.add(run.steps(prompt_cache), tag)
 
     def cycle(self) -> list[Generation]:
         """Admit, run one batched target pass, advance every generation; return those that ended in this cycle."""
@@ -166,35 +165,6 @@ def _fail(generation: Generation, exc: BaseException) -> None:
     generation.steps.close()
 
 
-def run_steps(run: Run, prompt_cache: PromptCache | None = None) -> Steps:
-    """``run``'s generation as a :func:`~specfw.scheduler.speculative_steps` coroutine (no plain-step overlap).
-
-    As :meth:`Run.stream`: a fresh ``run.stats``, ``max_tokens`` capped at the target's context.
-    """
-    run.stats = RunStats()
-    max_tokens = run.config.max_tokens
-    limit = run.target.context_length
-    if limit is not None:
-        max_tokens = min(max_tokens, limit - len(run.target_side.prompt_ids))
-    return speculative_steps(run.target_side, run.draft_side, max_tokens, run.stats, prompt_cache)
-
-
-def run_result(run: Run, tokens: Sequence[Token]) -> RunResult:
-    """A :class:`RunResult` for ``run`` from the tokens it produced (as :meth:`Run.result` builds it)."""
-    ids = [t for t in tokens if t.id >= 0]
-    return RunResult(
-        config=run.config,
-        target=run.target.source,
-        draft=None if run.config.baseline else (run.draft.source if run.draft else run.config.draft),
-        translator_used=run.translator_used,
-        text="".join(t.text for t in tokens),
-        token_ids=[t.id for t in ids],
-        from_draft=[t.from_draft for t in ids],
-        stats=run.stats,
-        notes=list(run.notes),
-    )
-
-
 def generate_runs(runs: Iterable[Run], max_batch: int = DEFAULT_MAX_BATCH,
                   prompt_caches: Sequence[PromptCache | None] | None = None) -> list[RunResult | BaseException]:
     """Run every run to the end, ``max_batch`` at a time; each entry is its result, or the exception it failed with.
@@ -208,4 +178,4 @@ def generate_runs(runs: Iterable[Run], max_batch: int = DEFAULT_MAX_BATCH,
     caches = list(prompt_caches) if prompt_caches is not None else [None] * len(runs)
     generations = [engine.add_run(run, cache) for run, cache in zip(runs, caches)]
     engine.run()
-    return [g.error if g.error is not None else run_result(run, g.tokens) for run, g in zip(runs, generations)]
+    return [g.error if g.error is not None else run.result_of(g.tokens) for run, g in zip(runs, generations)]

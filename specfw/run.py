@@ -19,7 +19,7 @@ from specfw.models import LoadedModel, load_model, model_path
 from specfw.plugins import Registry, get_registry
 from specfw.prompt_cache import PromptCache
 from specfw.protocols import CacheSyncSetup, DrafterSetup, KPolicySetup, TranslatorSetup, VerifierSetup
-from specfw.scheduler import DraftSide, TargetSide, Token, speculative_stream
+from specfw.scheduler import DraftSide, Steps, TargetSide, Token, speculative_stream, speculative_steps
 from specfw.stats import RunStats
 from specfw.tokenizers import Tokenizer, load_tokenizer, same_vocabulary
 
@@ -276,14 +276,28 @@ class Run:
         follow-ups); the prompt prefix they hold is not forwarded again.
         """
         self.stats = RunStats()
+        yield from speculative_stream(self.target_side, self.draft_side, self._max_tokens(), self.stats, prompt_cache)
+
+    def steps(self, prompt_cache: PromptCache | None = None) -> Steps:
+        """This generation as a :func:`~specfw.scheduler.speculative_steps` coroutine, for a driver that answers
+        its target forward requests itself (:mod:`specfw.batch`: many generations in one pass; no plain-step
+        overlap). As :meth:`stream`, it starts a fresh ``self.stats``."""
+        self.stats = RunStats()
+        return speculative_steps(self.target_side, self.draft_side, self._max_tokens(), self.stats, prompt_cache)
+
+    def _max_tokens(self) -> int:
+        """``config.max_tokens``, capped by what the target's context leaves after the prompt."""
         limit = self.target.context_length
         max_tokens = self.config.max_tokens
         if limit is not None:
             max_tokens = min(max_tokens, limit - len(self.target_side.prompt_ids))
-        yield from speculative_stream(self.target_side, self.draft_side, max_tokens, self.stats, prompt_cache)
+        return max_tokens
 
     def result(self) -> RunResult:
-        tokens = list(self.stream())
+        return self.result_of(list(self.stream()))
+
+    def result_of(self, tokens: list[Token]) -> RunResult:
+        """The :class:`RunResult` of the ``tokens`` this run generated (by :meth:`stream` or :meth:`steps`)."""
         ids = [t for t in tokens if t.id >= 0]
         return RunResult(
             config=self.config,

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import specfw
-from specfw.batch import BatchEngine, generate_runs, run_result
+from specfw.batch import BatchEngine, generate_runs
 from specfw.config import RunConfig
 from specfw.prompt_cache import PromptCache
 from specfw.run import Run
@@ -149,7 +149,7 @@ def test_generations_join_and_leave_between_cycles_within_max_batch():
         ended_order += [generations.index(g) for g in engine.cycle()]
         widths.append(len(engine.active))
     assert max(widths) <= 2 and ended_order == [0, 1, 2, 3, 4]
-    assert [run_result(run, g.tokens).token_ids for run, g in zip(runs, generations)] == alone
+    assert [run.result_of(g.tokens).token_ids for run, g in zip(runs, generations)] == alone
 
 
 def test_a_cancelled_generation_leaves_and_the_others_finish():
@@ -164,7 +164,7 @@ def test_a_cancelled_generation_leaves_and_the_others_finish():
     engine.run()
     assert generations[1].done and generations[1].error is None
     assert len(generations[1].tokens) < 12
-    assert [run_result(runs[i], generations[i].tokens).token_ids for i in (0, 2)] == [alone[0], alone[2]]
+    assert [runs[i].result_of(generations[i].tokens).token_ids for i in (0, 2)] == [alone[0], alone[2]]
 
 
 def test_refuses_a_run_on_another_target_and_max_batch_below_one():
