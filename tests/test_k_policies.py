@@ -302,3 +302,48 @@ def test_expected_tokens_with_one_alpha_is_the_papers_formula(alpha, m):
     lo, hi = int(m), int(m) + 1
     formula = [(1 - alpha ** (n + 1)) / (1 - alpha) for n in (lo, hi)]
     assert est.expected_tokens(m) == pytest.approx(formula[0] + (m - lo) * (formula[1] - formula[0]), rel=1e-9)
+
+
+def test_a_new_generation_does_not_draft_far_ahead_on_what_an_easier_text_accepted(monkeypatch):
+    """Generations in a row on one pair, each text its own acceptance: per-position counts mostly restart per text.
+
+    Kept whole (``POSITION_CARRY`` 1), the counts an easy text left make the next, harder one propose long
+    drafts that are rejected; carried at 0.1 each text gets >= 93% of its best k's rate on average.
+    """
+    import specfw_plugins.k_policies as k_policies
+
+    texts = [lambda a: 0.8 if a == 0 else 0.95, lambda a: 0.4 if a == 0 else 0.6,
+             lambda a: [0.6, 0.8, 0.7, 0.6, 0.5, 0.5, 0.5, 0.5][a], lambda a: 0.8 if a == 0 else 0.95,
+             lambda a: 0.55]
+    draft_per_token, verify_base, verify_per_id = 0.1, 1.0, 0.1
+
+    def mean_share(seed: int) -> float:
+        AdaptiveK._learnt.pop("carry-test", None)
+        rng, shares = random.Random(seed), []
+        for accept in texts:
+            def rate(k):
+                tokens, reach = 1.0, 1.0
+                for j in range(k):
+                    reach *= accept(j)
+                    tokens += reach
+                return tokens / (k * draft_per_token + verify_base + verify_per_id * (k + 1))
+
+            policy = AdaptiveK(KPolicySetup(RunConfig(prompt="x", k=2, k_max=8, k_policy="adaptive"), pair="carry-test"))
+            got = []
+            for _ in range(25):
+                k = policy.choose()
+                accepted = 0
+                while accepted < k and rng.random() < accept(accepted):
+                    accepted += 1
+                policy.observe(CycleReport(k=k, proposed=k, accepted=accepted, fed=k + 1, translate_s=0.0,
+                                           draft_s=k * draft_per_token, verify_s=verify_base + verify_per_id * (k + 1)))
+                got.append(rate(k))
+            shares.append(sum(got) / len(got) / max(rate(k) for k in range(9)))
+        return sum(shares) / len(shares)
+
+    carried = sum(mean_share(seed) for seed in range(8)) / 8
+    monkeypatch.setattr(k_policies, "POSITION_CARRY", 1.0)
+    kept = sum(mean_share(seed) for seed in range(8)) / 8
+    AdaptiveK._learnt.pop("carry-test", None)
+    assert carried >= 0.93, carried
+    assert kept < carried - 0.02, (kept, carried)  # the scenario does tell them apart
