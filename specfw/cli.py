@@ -85,7 +85,8 @@ def _add_serve_parser(sub) -> None:
         "serve",
         help="an OpenAI-compatible HTTP server (completions, chat completions, streaming) with speculative decoding",
         description="Serve /v1/completions, /v1/chat/completions (stream: true sends Server-Sent Events), /v1/models "
-        "and /health. Models load once; one generation runs at a time, the others wait in a bounded queue "
+        "and /health. Models load once; up to --max-batch requests decode together, each with its own speculative "
+        "decoding and the output it gives alone, sharing each target pass; the others wait in a bounded queue "
         "(503 with Retry-After past it). The model and plugin flags are those of 'specfw run' and are the "
         "defaults of every request; a request may choose translator, k, k_policy, drafter, cache_sync, verifier.",
     )
@@ -94,7 +95,11 @@ def _add_serve_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request "
                    "(default: $SPECFW_API_KEY; none: no key)")
-    p.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the running one (default: 16)")
+    p.add_argument("--max-batch", default=None, metavar="B",
+                   help="requests that decode together, sharing each target pass (default: 4; 1: one at a time, "
+                   "as before batching)")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="requests that may wait for a place in the batch (default: 16)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024,
                    help="largest request body; larger ones get 413 (default: 4 MiB)")
     p.add_argument("--no-prompt-cache", action="store_true",
@@ -450,6 +455,7 @@ def cmd_serve(args) -> int:
         os.environ["SPECFW_CACHE"] = args.cache_dir
     if not 0 < args.port < 65536:
         raise SpecfwError(f"--port must be between 1 and 65535, got {args.port}")
+    max_batch = _max_batch(args.max_batch)
     if args.max_queue < 0:
         raise SpecfwError(f"--max-queue must be 0 or more, got {args.max_queue}")
     if args.max_body_bytes < 1:
@@ -459,7 +465,23 @@ def cmd_serve(args) -> int:
     if args.recommendation_note:
         _log(f"note: {args.recommendation_note}")
     return serve(config, host=args.host, port=args.port, api_key=api_key, max_queue=args.max_queue,
-                 max_body_bytes=args.max_body_bytes, prompt_cache=not args.no_prompt_cache, log=_log)
+                 max_body_bytes=args.max_body_bytes, prompt_cache=not args.no_prompt_cache, max_batch=max_batch,
+                 log=_log)
+
+
+def _max_batch(given: str | None) -> int:
+    """--max-batch: a whole number >= 1 (parsed here, so a bad value is one error line, not argparse's usage)."""
+    from specfw.serve.engine import DEFAULT_MAX_BATCH
+
+    if given is None:
+        return DEFAULT_MAX_BATCH
+    try:
+        value = int(given)
+    except ValueError:
+        raise SpecfwError(f"--max-batch must be a whole number, 1 or more, got '{given}'") from None
+    if value < 1:
+        raise SpecfwError(f"--max-batch must be 1 or more (1: one request at a time), got {value}")
+    return value
 
 
 def _log(line: str) -> None:

@@ -47,6 +47,15 @@ class PromptCache:
         drafter_cache = getattr(drafter, "cache", None)
         self._draft = (drafter_cache, draft_sync) if isinstance(drafter_cache, list) and draft_sync else None
 
+    def shared(self, prompt_ids: Sequence[int]) -> int:
+        """How many of ``prompt_ids`` the kept target cache would give without forwarding (0: none kept, or none
+        shared); reads only, so a server can pick, of several kept caches, the one a prompt shares most with."""
+        if self._target is None:
+            return 0
+        _, ids, fed_after, cached = self._target
+        held = (list(ids) + list(fed_after))[:cached]
+        return common_prefix_len(held, prompt_ids[:-1]) if len(held) == cached else 0
+
     def reuse_target(self, model, prompt_ids: Sequence[int]) -> tuple[list, int]:
         """A cache for ``prompt_ids`` and how many of them it already holds (a fresh cache and 0 if none)."""
         self.target_reused = 0

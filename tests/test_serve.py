@@ -154,8 +154,10 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    """One request at a time (--max-batch 1: the single path, as before batching); the batched server's tests
+    are further down."""
     srv = Server(_session_env(tmp_path_factory), "--max-queue", "3", "--max-body-bytes", str(MAX_BODY),
-                 api_key=API_KEY)
+                 "--max-batch", "1", api_key=API_KEY)
     yield srv
     assert srv.stop() == 0, srv.output()
 
@@ -201,7 +203,9 @@ def _error(body: dict) -> dict:
 
 def test_bad_serve_flags_are_one_line(capsys):
     for args, needle in ((["--port", "70000"], "--port"), (["--max-queue", "-1"], "--max-queue"),
-                         (["--max-body-bytes", "0"], "--max-body-bytes")):
+                         (["--max-body-bytes", "0"], "--max-body-bytes"), (["--max-batch", "0"], "--max-batch"),
+                         (["--max-batch", "-2"], "--max-batch"), (["--max-batch", "four"], "--max-batch"),
+                         (["--max-batch", "1.5"], "--max-batch")):
         assert main(["serve", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("specfw: error: ") and needle in err[0], err
@@ -243,7 +247,7 @@ def test_models_and_health(server):
     models = server.client().models.list()
     assert [m.id for m in models.data] == ["gemma3-270m"]
     # /health needs no key (probes do not carry one) and tells liveness and queue state, nothing more.
-    assert server.health() == {"status": "ok", "busy": False, "waiting": 0}
+    assert server.health() == {"status": "ok", "busy": False, "active": 0, "waiting": 0}
     assert server.request("HEAD", "/health", key=None)[0] == 200
     stats = server.stats()  # the model and the counters are behind the key
     assert stats["model"] == "gemma3-270m" and stats["max_queue"] == 3 and stats["completed"] >= 0, stats

@@ -46,15 +46,17 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8080, api_key: str | None = None,
-          max_queue: int = 16, max_body_bytes: int = 4 * 1024 * 1024, prompt_cache: bool = True, log=None) -> int:
+          max_queue: int = 16, max_body_bytes: int = 4 * 1024 * 1024, prompt_cache: bool = True,
+          max_batch: int | None = None, log=None) -> int:
     """Load the models of ``config``, then serve until SIGTERM/SIGINT; return the exit status."""
     uvicorn, AppStatus = _imports()
     from specfw.serve.app import create_app
-    from specfw.serve.engine import ABORT_GRACE_S, Engine
+    from specfw.serve.engine import ABORT_GRACE_S, DEFAULT_MAX_BATCH, Engine
 
     sock = listening_socket(host, port)
     try:
-        engine = Engine(config, max_queue=max_queue, prompt_cache=prompt_cache, log=log)
+        engine = Engine(config, max_queue=max_queue, prompt_cache=prompt_cache,
+                        max_batch=DEFAULT_MAX_BATCH if max_batch is None else max_batch, log=log)
     except BaseException:
         sock.close()
         raise
@@ -113,7 +115,9 @@ def serve(config: RunConfig, *, host: str = "127.0.0.1", port: int = 8080, api_k
             f" ({engine.draft.source})" if engine.draft is not None else "") + f", translator {c.translator}, k {c.k}"
         shown = f"[{host}]" if ":" in host else host
         log(f"serving {engine.model_id} with {mode} at http://{shown}:{sock.getsockname()[1]}/v1"
-            + (" (API key required)" if api_key else ""))
+            + (" (API key required)" if api_key else "")
+            + (f"; up to {engine.max_batch} requests decode together" if engine.max_batch > 1
+               else "; one request at a time"))
     server.run(sockets=[sock])
     import mlx.core as mx
 

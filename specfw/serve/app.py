@@ -210,13 +210,15 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_body_bytes: in
     @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
         """Liveness and queue state only: it needs no API key, so it tells nothing about the models."""
-        return {"status": "ok", "busy": engine.busy, "waiting": engine.waiting}
+        return {"status": "ok", "busy": engine.busy, "active": engine.active, "waiting": engine.waiting}
 
     @app.get("/stats")
     async def stats():
         """/health's fields, the model and the request counters (behind the API key, as every route but /health)."""
-        return {"status": "ok", "model": engine.model_id, "busy": engine.busy, "waiting": engine.waiting,
-                "max_queue": engine.max_queue, "completed": engine.completed, "cancelled": engine.cancelled}
+        return {"status": "ok", "model": engine.model_id, "busy": engine.busy, "active": engine.active,
+                "waiting": engine.waiting, "max_batch": engine.max_batch, "max_queue": engine.max_queue,
+                "completed": engine.completed, "cancelled": engine.cancelled,
+                "peak_active": engine.peak_active}
 
     @app.get("/v1/models")
     async def models() -> ModelList:

@@ -1,18 +1,31 @@
-"""The serving engine: models loaded once, one generation at a time, a bounded FIFO, the prompt cache.
+"""The serving engine: models loaded once, up to ``max_batch`` generations decoding together, a bounded FIFO,
+the prompt cache.
 
 Requests are prepared (tokenized, checked) off the event loop, then queued;
 a single worker thread takes them in order and runs each through the same
 :class:`specfw.run.Run` as ``specfw run``. Events (started, text, finished,
 failed) go back to the request's asyncio queue. A request whose client went
 away is cancelled: a queued one leaves the queue at once, a running one stops
-at the next token, which is within one cycle, and the worker takes the next.
+at the next token (``max_batch`` 1) or cycle, and its place is free.
 :meth:`Engine.abort` (a second SIGTERM or Ctrl-C) fails every request in the
 queue and in flight with :class:`ShuttingDown` and ends the worker.
 
-Prompt cache: the KV caches the last generation left (target and drafter)
-are kept with the ids they hold; the next request reuses the longest prefix
-its prompt shares with them (a chat follow-up shares the whole earlier
-conversation) and prefills only the rest.
+``max_batch`` 1: one generation at a time through :meth:`Run.stream` (the
+single path, with its plain-step overlap). ``max_batch`` B > 1: the worker
+runs :class:`specfw.batch.BatchEngine` cycles; a queued request joins the
+batch (after its prefill) as soon as fewer than B are decoding, every active
+request's proposal is verified in one batched target pass per cycle, and a
+request leaves when it ends, hits a stop string, fails or is cancelled, each
+alone. Each request keeps its own Run (drafter, translator, k policy,
+verifier, sampling, seed, stop strings): its ids are those it gives alone.
+
+Prompt cache: the KV caches a generation left (target and drafter) are kept
+with the ids they hold; a later request reuses the longest prefix its prompt
+shares with them (a chat follow-up shares the whole earlier conversation) and
+prefills only the rest. ``max_batch`` 1 keeps the last generation's caches;
+B > 1 keeps those of the last B generations that ended by themselves (length,
+stop id) and gives a request the one its prompt shares most with; a
+generation cut short (stop string, client gone, failure) leaves none.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from typing import Callable
 import mlx.core as mx
 
 from specfw.api import PromptRun
+from specfw.batch import BatchEngine, Generation
 from specfw.config import RunConfig
 from specfw.errors import ConfigError, SpecfwError
 from specfw.plugins import get_registry
@@ -38,6 +52,8 @@ from specfw.serve.protocol import SpecfwInfo
 
 # After an abort: how long the worker may take to end (it stops at its next token) before nobody waits for it.
 ABORT_GRACE_S = 5.0
+# Generations decoding together by default: on a CPU a target pass over 4 rows costs little more than over one.
+DEFAULT_MAX_BATCH = 4
 
 
 class QueueFull(SpecfwError):
@@ -74,7 +90,7 @@ class Failed:
     error: Exception
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity (the engine keeps a set of the generating jobs)
 class Job:
     """One request on its way through the queue: what to run and where its events go."""
 
@@ -131,7 +147,10 @@ class StopText:
 class Engine:
     """Holds the models and the queue; ``submit`` a prepared :class:`Job`, read its events."""
 
-    def __init__(self, config: RunConfig, *, max_queue: int = 16, prompt_cache: bool = True, log=None) -> None:
+    def __init__(self, config: RunConfig, *, max_queue: int = 16, prompt_cache: bool = True,
+                 max_batch: int = DEFAULT_MAX_BATCH, log=None) -> None:
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be at least 1, not {max_batch}")
         self.registry = get_registry()
         # A Run on a placeholder prompt resolves the default pair, checks every plugin and loads the models.
         probe = Run(config.model_copy(update={"prompt": "x", "max_tokens": 1, "chat": False}), log=log,
@@ -141,18 +160,30 @@ class Engine:
         self.notes = list(probe.notes)
         self.model_id = self.target.source
         self.max_queue = max_queue
+        self.max_batch = max_batch
         self.prompt_cache = prompt_cache
-        self.kv = PromptCache() if prompt_cache else None
+        self.kv = PromptCache() if prompt_cache else None  # max_batch 1: the last generation's caches
+        self._kv_pool: list[PromptCache] = []  # max_batch > 1: caches of generations that ended, oldest first
         self._waiting: collections.deque[Job] = collections.deque()
         self._lock = threading.Condition()
         self._closing = False
         self._aborted = False
         self._admitted = 0  # requests queued or generating
-        self._active: Job | None = None  # the job generating now
-        self.busy = False
+        self._active: set[Job] = set()  # the jobs generating now (up to max_batch)
         self.completed = 0  # generations run to their end (length, stop sequence or stop id)
         self.cancelled = 0  # generations stopped early because their client went away
+        self.peak_active = 0  # most requests that decoded together in one cycle
         self._worker = threading.Thread(target=self._work, name="specfw-generation", daemon=True)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any request is generating."""
+        return bool(self._active)
+
+    @property
+    def active(self) -> int:
+        """Requests generating now (rows of the batch)."""
+        return len(self._active)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -186,8 +217,7 @@ class Engine:
             doomed = list(self._waiting)
             self._waiting.clear()
             self._admitted -= len(doomed)
-            if self._active is not None:
-                doomed.append(self._active)
+            doomed += list(self._active)
             self._lock.notify_all()
         for job in doomed:
             job.cancelled.set()
@@ -245,10 +275,12 @@ class Engine:
         with self._lock:
             if self._closing:
                 raise QueueFull("the server is shutting down")
-            if self._admitted > self.max_queue:  # one generating, max_queue waiting
+            if self._admitted >= self.max_batch + self.max_queue:  # max_batch generating, max_queue waiting
                 places = (f"the queue's {self.max_queue} places are taken" if self.max_queue
                           else "no request may wait")
-                raise QueueFull(f"the server is busy: one request is generating and {places} "
+                running = ("one request is generating" if self.max_batch == 1
+                           else f"{self.max_batch} requests are generating (--max-batch {self.max_batch})")
+                raise QueueFull(f"the server is busy: {running} and {places} "
                                 f"(--max-queue {self.max_queue}); retry later")
             self._admitted += 1
             self._waiting.append(job)
@@ -275,12 +307,33 @@ class Engine:
         with self._lock:
             while not self._waiting and not self._closing:
                 self._lock.wait()
-            self._active = self._waiting.popleft() if self._waiting else None
-            return self._active
+            job = self._waiting.popleft() if self._waiting else None
+            if job is not None:
+                self._active.add(job)
+            return job
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self._admitted -= 1
+            self._active.discard(job)
 
     def _work(self) -> None:
         try:
-            self._serve_jobs()
+            if self.max_batch == 1:
+                self._serve_jobs()
+            else:
+                self._serve_batched()
+        except Exception as exc:  # a bug of the engine itself: no request may wait on a worker that is gone
+            with self._lock:
+                self._closing = True
+                doomed = list(self._waiting) + list(self._active)
+                self._waiting.clear()
+                self._active.clear()
+                self._admitted = 0
+            for job in doomed:
+                job.cancelled.set()
+                job.emit(Failed(RuntimeError(f"the generation worker stopped: {type(exc).__name__}: {exc}")))
+            raise
         finally:
             # MLX's streams of this thread must be destroyed while the interpreter is alive: left to thread and
             # process teardown they could abort the process at exit ("terminate called without an active exception").
@@ -288,7 +341,7 @@ class Engine:
 
     def _serve_jobs(self) -> None:
         while (job := self._next()) is not None:
-            self.busy = True
+            self.peak_active = 1
             last = None  # the job's last event, sent once the slot is free: a client that got its answer
             try:         # and asks again at once finds the server idle (/health busy false, no 503)
                 if job.cancelled.is_set():  # its client left while it waited
@@ -300,10 +353,7 @@ class Engine:
                     self.kv.clear()  # the failed generation may have left its caches half-updated
                 last = Failed(exc)
             finally:
-                self.busy = False
-                with self._lock:
-                    self._admitted -= 1
-                    self._active = None
+                self._release(job)
             if last is not None:
                 job.emit(last)  # after an abort nobody reads it: the job's Failed event came first
 
@@ -316,45 +366,167 @@ class Engine:
         """Stream the job's pieces as they come; return its ``Finished`` event (the caller sends it)."""
         run = self._build(job)
         job.emit(Started(len(run.target_side.prompt_ids)))
-        stop = StopText(job.stop)
-        start = time.perf_counter()
-        first = last = None
-        n = 0
-        finish = None
+        progress = _Progress(job, run, self.kv)
         tokens = self._stream(run)
         try:
             for token in tokens:
                 if job.cancelled.is_set():
-                    finish = "cancelled"
+                    progress.finish = "cancelled"
                     break
-                if token.id >= 0:
-                    n += 1
-                    last = time.perf_counter()
-                    first = first or last
-                text, hit = stop.feed(token.text)
-                if text:
-                    job.emit(Piece(text))
-                if hit:
-                    finish = "stop"
+                if progress.feed([token]):
                     break
         finally:
             tokens.close()
-        if finish != "stop":
-            tail = stop.flush()
+        return self._finished(progress)
+
+    def _finished(self, progress: "_Progress") -> Finished:
+        if progress.finish == "cancelled":
+            self.cancelled += 1
+        else:
+            self.completed += 1
+        return progress.finished()
+
+    def _stream(self, run: Run):
+        return run.stream(prompt_cache=self.kv)
+
+    # -- the batched worker (max_batch > 1) ---------------------------------
+
+    def _serve_batched(self) -> None:
+        """BatchEngine cycles: jobs join when a row is free and leave when they end, each alone."""
+        batch = BatchEngine(self.target.model, self.max_batch)
+        live: dict[int, tuple[Generation, _Progress]] = {}  # id(job) -> its generation and progress
+        while True:
+            with self._lock:
+                while not self._waiting and not live and not self._closing:
+                    self._lock.wait()
+                if self._aborted or (self._closing and not self._waiting and not live):
+                    break
+                joining = []
+                while self._waiting and len(live) + len(joining) < self.max_batch:
+                    job = self._waiting.popleft()
+                    self._active.add(job)
+                    joining.append(job)
+            for job in joining:
+                self._join(batch, live, job)
+            for generation, progress in live.values():
+                if progress.job.cancelled.is_set():
+                    progress.finish = progress.finish or "cancelled"
+                    generation.cancel()  # it leaves at this cycle, the others go on
+            self.peak_active = max(self.peak_active, len(live))
+            try:
+                ended = batch.cycle()
+            except Exception as exc:  # not one generation's failure (those stay in generation.error): fail them all
+                for generation, _ in live.values():
+                    generation.error = generation.error or exc
+                ended = [generation for generation, _ in live.values()]
+                batch = BatchEngine(self.target.model, self.max_batch)
+            for key, (generation, progress) in list(live.items()):
+                if progress.finish is None and progress.feed(generation.take()):
+                    generation.cancel()  # a stop string: answered now, its row is closed at the next cycle
+                    del live[key]
+                    self._end(progress, None)
+            for generation in ended:
+                entry = live.pop(id(generation.tag), None)
+                if entry is not None:
+                    self._end(entry[1], generation)
+        # Aborted (every job already got its ShuttingDown) or drained: close what is left.
+        for generation, progress in live.values():
+            generation.cancel()
+            self._release(progress.job)
+        if live:
+            batch.cycle()
+
+    def _join(self, batch: BatchEngine, live: dict, job: Job) -> None:
+        """Build the job's Run and queue it on ``batch`` (it prefills and joins at the next cycle)."""
+        if job.cancelled.is_set():  # its client left while it waited
+            self.cancelled += 1
+            self._release(job)
+            return
+        try:
+            run = self._build(job)
+            kv = self._checkout_cache(run.target_side.prompt_ids)
+            generation = batch.add_run(run, kv, tag=job)
+        except Exception as exc:
+            self._release(job)
+            job.emit(Failed(exc))
+            return
+        job.emit(Started(len(run.target_side.prompt_ids)))
+        live[id(job)] = (generation, _Progress(job, run, kv))
+
+    def _end(self, progress: "_Progress", generation: Generation | None) -> None:
+        """A generation left the batch (``generation`` None: it hit a stop string): free its place, then answer."""
+        job = progress.job
+        if generation is not None and generation.error is not None:
+            last = Failed(generation.error)
+        else:
+            if generation is not None and progress.finish is None:  # ended by itself: its caches stay usable
+                self._checkin_cache(progress.kv)
+            last = self._finished(progress)
+        self._release(job)
+        job.emit(last)
+
+    def _checkout_cache(self, prompt_ids: list[int]) -> PromptCache | None:
+        """A prompt cache for a new generation: the kept one its prompt shares most with, else a fresh one."""
+        if not self.prompt_cache:
+            return None
+        with self._lock:
+            shared = [(kv.shared(prompt_ids), i) for i, kv in enumerate(self._kv_pool)]
+            best = max(shared, default=(0, -1))
+            if best[0] > 0:
+                return self._kv_pool.pop(best[1])
+        return PromptCache()
+
+    def _checkin_cache(self, kv: PromptCache | None) -> None:
+        if kv is None:
+            return
+        with self._lock:
+            self._kv_pool.append(kv)
+            del self._kv_pool[: -self.max_batch]  # the newest max_batch are kept
+
+
+class _Progress:
+    """One request's generated text on its way out: stop strings, counts and times, its ``Finished`` event."""
+
+    def __init__(self, job: Job, run: Run, kv: PromptCache | None) -> None:
+        self.job, self.run, self.kv = job, run, kv
+        self.stop = StopText(job.stop)
+        self.start = time.perf_counter()
+        self.first = self.last = None
+        self.n = 0
+        self.finish: str | None = None  # "stop" (a stop string) or "cancelled" once decided here
+
+    def feed(self, tokens) -> bool:
+        """Send the tokens' text (held back where it may start a stop string); True once a stop string is hit."""
+        for token in tokens:
+            if token.id >= 0:
+                self.n += 1
+                self.last = time.perf_counter()
+                self.first = self.first or self.last
+            text, hit = self.stop.feed(token.text)
+            if text:
+                self.job.emit(Piece(text))
+            if hit:
+                self.finish = "stop"
+                return True
+        return False
+
+    def finished(self) -> Finished:
+        if self.finish != "stop":
+            tail = self.stop.flush()
             if tail:
-                job.emit(Piece(tail))
-        stats = run.stats
-        c = run.config
+                self.job.emit(Piece(tail))
+        run, kv, n, first, last = self.run, self.kv, self.n, self.first, self.last
+        stats, c = run.stats, run.config
         info = SpecfwInfo(
             proposed=stats.proposed,
             accepted=stats.accepted,
             acceptance_rate=stats.acceptance_rate,
             cycles=stats.cycles,
             tokens_per_second=(n - 1) / (last - first) if n > 1 and last > first else 0.0,
-            prompt_seconds=(first or time.perf_counter()) - start,
+            prompt_seconds=(first or time.perf_counter()) - self.start,
             decode_seconds=(last - first) if first is not None else 0.0,
-            prompt_cached_tokens=self.kv.target_reused if self.kv is not None else 0,
-            draft_cached_tokens=self.kv.draft_reused if self.kv is not None and not c.baseline else 0,
+            prompt_cached_tokens=kv.target_reused if kv is not None else 0,
+            draft_cached_tokens=kv.draft_reused if kv is not None and not c.baseline else 0,
             plugins={
                 "drafter": None if c.baseline else c.drafter,
                 "translator": None if c.baseline else run.translator_used,
@@ -364,14 +536,7 @@ class Engine:
                 "verifier": c.verifier_name,
             },
         )
-        if finish == "cancelled":
-            self.cancelled += 1
-        else:
-            self.completed += 1
-        return Finished(finish or stats.finish_reason or "length", n, info)
-
-    def _stream(self, run: Run):
-        return run.stream(prompt_cache=self.kv)
+        return Finished(self.finish or stats.finish_reason or "length", n, info)
 
 
 def retry_after(engine: Engine) -> int:

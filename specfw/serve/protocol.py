@@ -40,6 +40,7 @@ class SpecfwOptions(BaseModel):
     drafter: Optional[str] = None
     cache_sync: Optional[str] = None
     verifier: Optional[str] = None
+    baseline: Optional[bool] = Field(None, description="true: the target alone, no drafter")
 
     @field_validator("translator", "k_policy", "drafter", "cache_sync", "verifier")
     @classmethod
