@@ -146,6 +146,25 @@ def ends_in_whitespace(tok: Tokenizer, context: Sequence[int]) -> bool:
     return bool(piece) and piece[-1] in _SPACES
 
 
+def merges_across(tok: Tokenizer, replaced: Sequence[int], ids: Sequence[int]) -> bool:
+    """Whether one of ``ids`` (which spell ``replaced``'s bytes, then more) runs across the end of ``replaced``.
+
+    That is where re-encoding with context merges the end of the old context
+    with the new text (``"\\n"`` + ``"    elif"`` → ``"\\n   "`` ``" elif"``); a
+    re-encoding that only splits the old tail differently (a drafter's own
+    ``"\\n\\n"`` → ``"\\n"`` ``"\\n"``) keeps a boundary there.
+    """
+    end = sum(len(tok.token_bytes(i)) for i in replaced)
+    offset = 0
+    for token_id in ids:
+        if offset == end:
+            return False
+        offset += len(tok.token_bytes(token_id))
+        if offset > end:
+            return True
+    return False
+
+
 class _TextBackTranslation:
     """Back-translation shared by the string translators: :func:`context_resync` over ``draft_window`` draft ids.
 
@@ -254,10 +273,11 @@ class ContextTranslator(_TextBackTranslation):
     ``specfw fidelity`` reports), fewer accepted ones.
 
     Backward (:meth:`to_draft`), chosen per cycle (``back_window`` auto, the
-    default): where the drafter's context ends in whitespace,
-    :func:`context_resync` re-encodes the new text after the last
-    :data:`AUTO_BACK_WINDOW` draft ids, so runs of spaces and line breaks read
-    as the draft tokenizer splits them; elsewhere the accepted text is encoded
+    default): where the drafter's context ends in whitespace and the draft
+    tokenizer would merge it with the new text, :func:`context_resync`
+    re-encodes the new text after the last :data:`AUTO_BACK_WINDOW` draft ids,
+    so runs of spaces and line breaks read as the draft tokenizer splits them;
+    elsewhere the accepted text is encoded
     on its own and appended (the paper's back-translation), so the drafter's
     token boundaries fall where the target's cycles ended: where the text
     repeats, the drafter copies its own context and then proposes words split
@@ -310,18 +330,27 @@ class ContextTranslator(_TextBackTranslation):
         With ``back_window`` auto (the default) the choice is made per cycle,
         by the text: where the drafter's context ends in whitespace (a space,
         tab or line break: a target cycle ended inside or right after a run of
-        whitespace) the new text is re-encoded after the last
-        :data:`AUTO_BACK_WINDOW` draft ids, so the drafter reads the run as its
-        own tokenizer splits it (as HF's UAG re-encodes the last target tokens);
-        elsewhere (prose: cycles end on or inside words) it is appended, which
-        accepted more there. :attr:`mode_counts` counts the cycles of each.
+        whitespace) and re-encoding it with the new text after the last
+        :data:`AUTO_BACK_WINDOW` draft ids merges across the junction
+        (:func:`merges_across`), the re-encoding is used, so the drafter reads
+        the run as its own tokenizer splits it (as HF's UAG re-encodes the last
+        target tokens); elsewhere (prose: cycles end on or inside words; a
+        drafter's own ``"\\n\\n"`` before a word) the new text is appended,
+        which accepted more there. :attr:`mode_counts` counts the cycles of each.
         """
-        window = self.draft_window
+        context, window = acceptance.draft_context, self.draft_window
         if window is None:
-            window = AUTO_BACK_WINDOW if ends_in_whitespace(self.draft, acceptance.draft_context) else 0
-        mode = "resync" if window else "append"
+            window = 0
+            if ends_in_whitespace(self.draft, context):
+                keep, append = context_resync(self.draft, context, acceptance.new_text, AUTO_BACK_WINDOW)
+                if keep < len(context) and merges_across(self.draft, context[keep:], append):
+                    self._count("resync")
+                    return keep, append
+        self._count("resync" if window else "append")
+        return context_resync(self.draft, context, acceptance.new_text, window)
+
+    def _count(self, mode: str) -> None:
         self.mode_counts[mode] = self.mode_counts.get(mode, 0) + 1
-        return context_resync(self.draft, acceptance.draft_context, acceptance.new_text, window)
 
     def to_target(self, proposal: Proposal) -> list[int]:
         new = proposal.new_bytes

@@ -1,0 +1,93 @@
+"""The context translator's back-translation on the real default pair: the default (back_window auto) vs others.
+
+    python scripts/back_translation_modes.py [--sets pl-questions,...] [--limit 2] [--k 2] [--max-tokens 48]
+        [--variant NAME:KEY=VALUE,...] [--out records.jsonl]
+
+For each prompt of the bundled sets it runs the target alone, then ``context``
+with the default options and with each ``--variant`` (default: ``append``,
+i.e. ``back_window=0``, the default before it became ``auto``), checks every
+output against the target alone, and prints per set the accepted draft ids per
+target pass (the prompt pass counted; accepted = emitted ids that came from the
+proposal) and how many of the default's cycles re-encoded (``resync``). A
+variant whose run would be the same computation (no cycle of the default
+resynced, and the variant always appends) is not rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
+from specfw.config import RunConfig
+from specfw.datasets import load_dataset
+from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models import load_model
+from specfw.run import Run
+
+SETS = "pl-questions,pl-prose,pl-grammar,en-prompts,en-prose,code,rewrite"
+
+
+def _run(target, draft, prompt: str, args, options: dict) -> dict:
+    run = Run(RunConfig(prompt=prompt, k=args.k, max_tokens=args.max_tokens, translator="context",
+                        translator_options=options), target=target, draft=draft)
+    result = run.result()
+    s = result.stats
+    return {"token_ids": result.token_ids, "accepted": sum(result.from_draft), "proposed": s.proposed,
+            "passes": s.cycles + (0 if s.prompt_pass_drafted else 1),
+            "modes": dict(getattr(run.draft_side.translator, "mode_counts", {}) or {})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default=SETS)
+    parser.add_argument("--limit", type=int, default=2)
+    parser.add_argument("--k", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--variant", action="append", default=None, help="NAME:KEY=VALUE,... (repeatable)")
+    parser.add_argument("--out", help="append one JSON record per run here")
+    args = parser.parse_args()
+    variants = {"default": {}}
+    for spec in args.variant or ["append:back_window=0"]:
+        name, _, options = spec.partition(":")
+        variants[name] = dict(item.split("=", 1) for item in options.split(",") if item)
+    target, draft = load_model(DEFAULT_TARGET), load_model(DEFAULT_DRAFT)
+    out = open(args.out, "a") if args.out else None
+    totals: dict = defaultdict(lambda: defaultdict(int))
+    sets = args.sets.split(",")
+    for dataset in sets:
+        for item in load_dataset(dataset, limit=args.limit):
+            alone = Run(RunConfig(prompt=item.prompt, baseline=True, max_tokens=args.max_tokens),
+                        target=target).result().token_ids
+            default = None
+            for name, options in variants.items():
+                if default is not None and options == {"back_window": "0"} and not default["modes"].get("resync"):
+                    row = dict(default, modes={"append": sum(default["modes"].values())})  # the same computation
+                else:
+                    row = _run(target, draft, item.prompt, args, options)
+                    assert row["token_ids"] == alone, f"{name} differs from the target alone on {dataset}/{item.id}"
+                default = default or row
+                total = totals[dataset, name]
+                for key in ("accepted", "proposed", "passes"):
+                    total[key] += row[key]
+                for mode, count in row["modes"].items():
+                    total[mode] += count
+                if out:
+                    out.write(json.dumps({"set": dataset, "id": item.id, "variant": name,
+                                          **{k: v for k, v in row.items() if k != "token_ids"}}) + "\n")
+                    out.flush()
+        print(f"{dataset} done", file=sys.stderr, flush=True)
+    names = list(variants)
+    print("| set | " + " | ".join(f"{n} acc/pass" for n in names) + " | default's resync cycles |")
+    print("|---" * (len(names) + 2) + "|")
+    for dataset in sets:
+        cells = [f"{totals[dataset, n]['accepted'] / max(totals[dataset, n]['passes'], 1):.3f} "
+                 f"({totals[dataset, n]['accepted']}/{totals[dataset, n]['passes']})" for n in names]
+        d = totals[dataset, "default"]
+        print(f"| {dataset} | " + " | ".join(cells) + f" | {d['resync']}/{d['resync'] + d['append']} |")
+
+
+if __name__ == "__main__":
+    main()
