@@ -278,12 +278,14 @@ class Run:
         self.stats = RunStats()
         yield from speculative_stream(self.target_side, self.draft_side, self._max_tokens(), self.stats, prompt_cache)
 
-    def steps(self, prompt_cache: PromptCache | None = None) -> Steps:
+    def steps(self, prompt_cache: PromptCache | None = None, overlap: bool = False) -> Steps:
         """This generation as a :func:`~specfw.scheduler.speculative_steps` coroutine, for a driver that answers
-        its target forward requests itself (:mod:`specfw.batch`: many generations in one pass; no plain-step
-        overlap). As :meth:`stream`, it starts a fresh ``self.stats``."""
+        its target forward requests itself (:mod:`specfw.batch`: many generations in one pass). As :meth:`stream`,
+        it starts a fresh ``self.stats``. ``overlap``: a plain step's forward may be requested on a lazy id
+        (see :func:`~specfw.scheduler.speculative_steps`); the server uses it while a request decodes alone."""
         self.stats = RunStats()
-        return speculative_steps(self.target_side, self.draft_side, self._max_tokens(), self.stats, prompt_cache)
+        return speculative_steps(self.target_side, self.draft_side, self._max_tokens(), self.stats, prompt_cache,
+                                 overlap=overlap)
 
     def _max_tokens(self) -> int:
         """``config.max_tokens``, capped by what the target's context leaves after the prompt."""
