@@ -4,9 +4,17 @@ Greedy text through the server must equal `specfw run --json` and the
 target alone; a bounded load of concurrent clients gets right answers or
 clean 503s; faults get the right status and an OpenAI error body and leave
 the server running; a client that leaves, queued or generating, frees its
-place at once; SIGTERM drains the request in flight, then exits 0, and a
-second signal stops it at once. Traffic goes to loopback only; every wait is
+place at once; SIGTERM drains the requests in flight, then exits 0, and a
+second signal stops them at once. Traffic goes to loopback only; every wait is
 bounded (hang guards, no timing asserts).
+
+The first tests run on a --max-batch 1 server (one at a time, the single
+path); the continuous-batching ones (--max-batch > 1, the default) send
+mixed batches (drafters, translators, k, k policies, the target alone) on a
+tiny random-weight pair and on the default pair, and must equal the target
+alone and `specfw run`; the chi-square sampling test goes through batches that
+mix target-alone and speculative rows; a load of 16 clients with walk-aways
+gets right text or clean 503s.
 """
 
 from __future__ import annotations
@@ -583,23 +591,29 @@ def test_concurrent_clients_get_right_text_or_a_clean_503(server, expected):
 
 
 @pytest.mark.slow
-def test_sigterm_drains_the_request_in_flight_then_exits_0(tmp_path_factory, expected):
-    srv = Server(_session_env(tmp_path_factory))
+def test_sigterm_drains_every_request_in_flight_then_exits_0(tmp_path_factory, expected):
+    """The default (batched) server: SIGTERM lets every generating and queued request finish, then exits 0."""
+    srv = Server(_session_env(tmp_path_factory), "--max-batch", "2")
     try:
-        result = {}
+        asks = [(PROMPTS[i % 2], MAX_TOKENS + 2 * i) for i in range(3)]  # two decode together, one waits
+        for prompt, n in asks:
+            expected(prompt, n)
+        results = {}
 
-        def ask():
-            result["text"] = srv.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0],
-                                                             max_tokens=MAX_TOKENS).choices[0].text
+        def ask(i):
+            prompt, n = asks[i]
+            results[i] = srv.client().completions.create(model="gemma3-270m", prompt=prompt,
+                                                         max_tokens=n).choices[0].text
 
-        asking = threading.Thread(target=ask)
-        asking.start()
-        deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        while not srv.health()["busy"] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        asking = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for thread in asking:
+            thread.start()
+        _wait_for(lambda: srv.health()["active"] == 2 and srv.health()["waiting"] == 1, "two generate, one waits",
+                  REQUEST_TIMEOUT_S)
         srv.proc.send_signal(signal.SIGTERM)
-        asking.join(timeout=REQUEST_TIMEOUT_S)
-        assert result.get("text") == expected(PROMPTS[0])
+        for thread in asking:
+            thread.join(timeout=REQUEST_TIMEOUT_S)
+        assert [results.get(i) for i in range(3)] == [expected(prompt, n) for prompt, n in asks]
         assert srv.proc.wait(timeout=120) == 0, srv.output()
     finally:
         srv.stop()
@@ -608,27 +622,271 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(tmp_path_factory, exp
 @pytest.mark.slow
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
 def test_a_second_signal_during_the_drain_stops_at_once(tmp_path_factory, second):
-    srv = Server(_session_env(tmp_path_factory))
+    """Batched (two streams decode together, a third request waits): the second signal ends them all."""
+    srv = Server(_session_env(tmp_path_factory), "--max-batch", "2")
     try:
-        stream = srv.open_request({"prompt": PROMPTS[1], "max_tokens": LONG, "stream": True})
-        response = stream.getresponse()
-        assert response.status == 200
-        while not response.readline().startswith(b"data: {"):  # generating
-            pass
+        streams = [srv.open_request({"prompt": PROMPTS[i], "max_tokens": LONG, "stream": True}) for i in range(2)]
+        responses = [stream.getresponse() for stream in streams]
+        for response in responses:
+            assert response.status == 200
+            while not response.readline().startswith(b"data: {"):  # generating
+                pass
         queued = srv.open_request({"prompt": PROMPTS[0], "max_tokens": LONG})
-        _wait_for(lambda: srv.health()["waiting"] == 1, "a second request queues up")
+        _wait_for(lambda: srv.health()["waiting"] == 1, "a third request queues up")
+        assert srv.health()["active"] == 2
         srv.proc.send_signal(second)
         _wait_for(lambda: "draining the requests in flight" in srv.output(), "the first signal is taken")
         assert srv.proc.poll() is None  # draining: the stream goes on
         srv.proc.send_signal(second)
         assert srv.proc.wait(timeout=HANG_GUARD_S) == 128 + second, srv.output()
-        # The stream was closed cleanly: an error event, then the end of the chunked body (no IncompleteRead).
-        rest = response.read().decode()
-        events = [json.loads(line[len("data: "):]) for line in rest.splitlines() if line.startswith("data: {")]
-        assert events and events[-1]["error"]["code"] == "server_shutting_down", rest[-500:]
+        # Each stream was closed cleanly: an error event, then the end of the chunked body (no IncompleteRead).
+        for response in responses:
+            rest = response.read().decode()
+            events = [json.loads(line[len("data: "):]) for line in rest.splitlines() if line.startswith("data: {")]
+            assert events and events[-1]["error"]["code"] == "server_shutting_down", rest[-500:]
         answer = queued.getresponse()
         assert answer.status == 503 and _error(json.loads(answer.read()))["code"] == "server_shutting_down"
         log = srv.output()
         assert "stopping the requests in flight" in log and "Traceback" not in log and "ERROR" not in log, log
     finally:
         srv.stop()
+
+
+# --------------------------------------------------------------------------- continuous batching (--max-batch B > 1)
+
+TINY_PAIR = ("--target", "tiny-random-mistral", "--draft", "tiny-random-qwen2.5")
+TINY = "tiny-random-mistral"
+# One batch's worth of requests, each with its own settings: drafters mlx, lookup, lookup+mlx and none (the
+# target alone), translators, k, k policies; different prompts and lengths.
+MIXED = [
+    ("The capital of France is", 12, {}),
+    ("Once upon a time", 20, {"drafter": "lookup", "k": 3}),
+    ("Ala ma kota, a kot ma", 16, {"drafter": "lookup+mlx"}),
+    ("Water boils at", 9, {"baseline": True}),
+    ("def fib(n):\n    return", 18, {"translator": "naive", "k": 1}),
+    ("The three primary colours are", 14, {"k_policy": "adaptive", "k": 3}),
+    ("the the the the the", 11, {"translator": "tli", "k": 4}),
+    ("Zażółć gęślą jaźń", 15, {"drafter": "mlx", "translator": "context", "k": 2}),
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tmp_path_factory):
+    """A batched server (--max-batch 4) on a tiny random-weight pair: gibberish text, real tokenizers, fast."""
+    srv = Server(_session_env(tmp_path_factory), *TINY_PAIR, "--max-batch", "4", "--max-queue", "6")
+    yield srv
+    assert srv.stop() == 0, srv.output()
+
+
+@pytest.fixture(scope="module")
+def tiny_alone(tmp_path_factory, tiny_server):
+    """The tiny target alone's greedy (text, generated ids) for a prompt (the server built the model first)."""
+    from specfw.config import RunConfig
+    from specfw.models import load_model
+    from specfw.run import Run
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECFW_CACHE", _session_env(tmp_path_factory)["SPECFW_CACHE"])
+        target = load_model(TINY)
+    done: dict = {}
+
+    def alone(prompt: str, max_tokens: int) -> tuple[str, int]:
+        if (prompt, max_tokens) not in done:
+            result = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=max_tokens), target=target).result()
+            done[prompt, max_tokens] = (result.text, len(result.token_ids))
+        return done[prompt, max_tokens]
+
+    return alone
+
+
+def _ask(server: Server, prompt: str, max_tokens: int, extra: dict, stream: bool, model: str = TINY):
+    """One completion through the openai client: (text, completion tokens)."""
+    client = server.client()
+    if stream:
+        chunks = list(client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, stream=True,
+                                                stream_options={"include_usage": True}, extra_body=extra))
+        return "".join(c.choices[0].text for c in chunks if c.choices), chunks[-1].usage.completion_tokens
+    response = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, extra_body=extra)
+    return response.choices[0].text, response.usage.completion_tokens
+
+
+@pytest.mark.slow
+def test_mixed_batches_equal_the_target_alone_and_specfw_run(tiny_server, tiny_alone, tmp_path_factory):
+    want = [tiny_alone(prompt, n) for prompt, n, _ in MIXED]
+    with ThreadPoolExecutor(max_workers=len(MIXED)) as pool:
+        for round_ in range(2):  # all at once (4 decode together, 4 wait and join as rows free up), half streaming
+            futures = [pool.submit(_ask, tiny_server, prompt, n, extra, (i + round_) % 2 == 1)
+                       for i, (prompt, n, extra) in enumerate(MIXED)]
+            got = [f.result(timeout=REQUEST_TIMEOUT_S) for f in futures]
+            assert got == want, [(m[2], g, w) for m, g, w in zip(MIXED, got, want) if g != w]
+        # Staggered: a target-alone request decodes alone (plain steps queued ahead on lazy ids), then others
+        # join its batch mid-generation and leave again.
+        long = pool.submit(_ask, tiny_server, MIXED[3][0], 40, {"baseline": True}, True)
+        _wait_for(lambda: tiny_server.health()["active"] == 1, "the first request decodes alone")
+        joined = [pool.submit(_ask, tiny_server, prompt, n, extra, False) for prompt, n, extra in MIXED[:3]]
+        assert [f.result(timeout=REQUEST_TIMEOUT_S) for f in joined] == want[:3]
+        assert long.result(timeout=REQUEST_TIMEOUT_S) == tiny_alone(MIXED[3][0], 40)
+    assert tiny_server.stats()["peak_active"] == 4
+    # `specfw run` on the same requests gives the same text.
+    for prompt, n, extra in (MIXED[2], MIXED[5]):
+        flags = [flag for key, value in extra.items() if key != "baseline"
+                 for flag in (f"--{key.replace('_', '-')}", str(value))]
+        run = subprocess.run([sys.executable, "-m", "specfw.cli", "run", *TINY_PAIR, "--prompt", prompt,
+                              "--max-tokens", str(n), "--json", *flags], env=_session_env(tmp_path_factory),
+                             capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S)
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["text"] == tiny_alone(prompt, n)[0], extra
+
+
+@pytest.mark.slow
+def test_sampling_through_the_batched_server_is_distributed_as_the_target_alone(tmp_path_factory):
+    """The chi-square test of tests/test_sampling.py through batches that mix target-alone and speculative rows.
+
+    The tiny target drafts for itself (identity translator, the mlx drafter sampling its own distribution),
+    so draft tokens are often accepted and the rejection rule is exercised; different seeds on each side (the
+    same seed gives the same ids by design). The test's power is shown in test_sampling.py (its lenient control).
+    """
+    from test_sampling import PROMPT, TEMP, _chi2_p
+
+    runs = 300
+    srv = Server(_session_env(tmp_path_factory), "--target", TINY, "--draft", TINY, "--max-batch", "8",
+                 "--max-queue", "64")
+    try:
+        client = srv.client()
+
+        def ids(seed: int, baseline: bool) -> tuple:
+            response = client.completions.create(model=TINY, prompt=PROMPT, max_tokens=3, temperature=TEMP, seed=seed,
+                                                 extra_body={"baseline": baseline, "k": 2})
+            return response.choices[0].text, response.model_extra["specfw"]["accepted"]
+
+        with ThreadPoolExecutor(max_workers=8) as pool:  # interleaved: batches mix both kinds of rows
+            base = [pool.submit(ids, seed, True) for seed in range(runs)]
+            spec = [pool.submit(ids, 10_000 + seed, False) for seed in range(runs)]
+            base = [f.result(timeout=REQUEST_TIMEOUT_S) for f in base]
+            spec = [f.result(timeout=REQUEST_TIMEOUT_S) for f in spec]
+        assert srv.stats()["peak_active"] > 1
+    finally:
+        assert srv.stop() == 0, srv.output()
+    assert sum(accepted for _, accepted in spec) > runs // 4  # draft tokens were accepted, not only resampled
+    texts_base, texts_spec = [t for t, _ in base], [t for t, _ in spec]
+    assert len(set(texts_base)) >= 2
+    p = _chi2_p(texts_base, texts_spec)
+    assert p > 0.001, f"sampling through the batch differs from the target alone (p={p:.2g})"
+
+
+def _read_first_event(conn: http.client.HTTPConnection) -> None:
+    response = conn.getresponse()
+    assert response.status == 200
+    while not response.readline().startswith(b"data: {"):
+        pass
+
+
+@pytest.mark.slow
+def test_load_16_clients_with_disconnects_get_right_text_or_a_clean_503(tiny_server, tiny_alone):
+    """16 clients x 3 requests, half streaming, every fourth client walking away mid-stream once, against
+    --max-batch 4 and --max-queue 6: each answer is right or a 503 naming the bound; nothing hangs."""
+    import openai
+
+    for prompt, n, _ in MIXED:
+        tiny_alone(prompt, n)
+
+    def session(index: int) -> list[str]:
+        outcomes = []
+        for turn in range(3):
+            prompt, n, extra = MIXED[(index + turn) % len(MIXED)]
+            if index % 4 == 0 and turn == 1:  # walks away once its stream has begun
+                conn = tiny_server.open_request({"prompt": prompt, "max_tokens": LONG, "stream": True, **extra})
+                try:
+                    _read_first_event(conn)
+                    outcomes.append("left")
+                except AssertionError:
+                    outcomes.append("503")  # the queue was full: it never started
+                _walk_away(conn)
+                continue
+            try:
+                got = _ask(tiny_server, prompt, n, extra, stream=(index + turn) % 2 == 1)
+                assert got == tiny_alone(prompt, n), (prompt, extra, got)
+                outcomes.append("ok")
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 503 and exc.body["code"] == "queue_full", exc
+                assert "(--max-queue 6)" in exc.body["message"] and int(exc.response.headers["retry-after"]) >= 1
+                outcomes.append("503")
+        return outcomes
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(session, i) for i in range(16)]
+        outcomes = [o for f in futures for o in f.result(timeout=600)]
+    assert len(outcomes) == 48 and outcomes.count("ok") >= 16, outcomes
+    # Every generation stops, those that were left included; the server answers afterwards.
+    _wait_for(lambda: tiny_server.health() == {"status": "ok", "busy": False, "active": 0, "waiting": 0},
+              "every generation ends")
+    assert _ask(tiny_server, *MIXED[0], stream=False) == tiny_alone(*MIXED[0][:2])
+
+
+@pytest.fixture(scope="module")
+def batched(tmp_path_factory):
+    """The default pair with the default --max-batch (4)."""
+    srv = Server(_session_env(tmp_path_factory), "--max-queue", "3")
+    yield srv
+    assert srv.stop() == 0, srv.output()
+
+
+@pytest.mark.slow
+def test_a_batch_on_the_default_pair_equals_the_target_alone_and_specfw_run(batched, expected, tmp_path_factory):
+    asks = [(PROMPTS[0], MAX_TOKENS, {}), (PROMPTS[1], MAX_TOKENS + 4, {"drafter": "lookup", "k": 3}),
+            ("The three primary colours are", MAX_TOKENS, {"drafter": "lookup+mlx"}),
+            ("Water boils at a temperature of", 8, {"baseline": True}),
+            (PROMPTS[1], 6, {"k_policy": "adaptive", "translator": "tli"})]
+    want = [expected(prompt, n) for prompt, n, _ in asks]
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+        futures = [pool.submit(_ask, batched, prompt, n, extra, i % 2 == 1, "gemma3-270m")
+                   for i, (prompt, n, extra) in enumerate(asks)]
+        got = [f.result(timeout=REQUEST_TIMEOUT_S)[0] for f in futures]
+    assert got == want
+    assert batched.stats()["peak_active"] > 1
+    run = subprocess.run([sys.executable, "-m", "specfw.cli", "run", "--prompt", asks[2][0], "--max-tokens",
+                          str(asks[2][1]), "--drafter", "lookup+mlx", "--json"], env=_session_env(tmp_path_factory),
+                         capture_output=True, text=True, timeout=REQUEST_TIMEOUT_S)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["text"] == want[2]
+
+
+@pytest.mark.slow
+def test_batched_clients_that_leave_free_their_places_at_once(batched, expected):
+    before = batched.stats()
+    running = [batched.open_request({"prompt": PROMPTS[i % 2], "max_tokens": LONG, "stream": i % 2 == 0})
+               for i in range(4)]
+    _wait_for(lambda: batched.health()["active"] == 4, "four requests decode together")
+    queued = [batched.open_request({"prompt": PROMPTS[0], "max_tokens": 4, "stream": i == 0}) for i in range(3)]
+    _wait_for(lambda: batched.health()["waiting"] == 3, "three requests queue up")
+    status, headers, body = batched.post("/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 2})
+    assert status == 503 and "(--max-queue 3)" in _error(body)["message"] and "--max-batch 4" in body["error"]["message"]
+    for conn in queued:
+        _walk_away(conn)
+    _wait_for(lambda: batched.health()["waiting"] == 0, "queued clients that left give their places up")
+    assert batched.health()["active"] == 4
+    _walk_away(running[0])  # a streaming client leaves mid-generation: its row frees, the others go on
+    _wait_for(lambda: batched.health()["active"] == 3, "a generating client that left frees its row")
+    _walk_away(running[1])  # a non-streaming one too
+    _wait_for(lambda: batched.health()["active"] == 2, "a generating non-streaming client that left frees its row")
+    answer = batched.client().completions.create(model="gemma3-270m", prompt=PROMPTS[0], max_tokens=MAX_TOKENS)
+    assert answer.choices[0].text == expected(PROMPTS[0])  # decoded beside the two long ones
+    for conn in running[2:]:
+        _walk_away(conn)
+    _wait_for(lambda: not batched.health()["busy"], "every generation stops")
+    after = batched.stats()
+    assert after["cancelled"] == before["cancelled"] + 7 and after["completed"] == before["completed"] + 1
+
+
+@pytest.mark.slow
+def test_a_chat_follow_up_reuses_both_caches_under_batching(batched, expected):
+    client = batched.client()
+    messages = [{"role": "user", "content": "Name a large river in Europe."}]
+    infos = []
+    for follow_up in ("Which countries does it flow through?", "How long is it?"):
+        response = client.chat.completions.create(model="gemma3-270m", messages=messages, max_tokens=MAX_TOKENS)
+        reply = response.choices[0].message.content
+        assert reply == _chat_reply(expected, messages)
+        infos.append(response.model_extra["specfw"])
+        messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": follow_up}]
+    assert infos[-1]["prompt_cached_tokens"] > 10 and infos[-1]["draft_cached_tokens"] > 10, infos

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -413,6 +414,8 @@ class Engine:
                     progress.finish = progress.finish or "cancelled"
                     generation.cancel()  # it leaves at this cycle, the others go on
             self.peak_active = max(self.peak_active, len(live))
+            if len(live) > 1:
+                _concrete_feeds(generation for generation, _ in live.values())
             try:
                 ended = batch.cycle()
             except Exception as exc:  # not one generation's failure (those stay in generation.error): fail them all
@@ -445,7 +448,9 @@ class Engine:
         try:
             run = self._build(job)
             kv = self._checkout_cache(run.target_side.prompt_ids)
-            generation = batch.add_run(run, kv, tag=job)
+            # overlap: alone, a plain step's forward is queued on its lazy id as in Run.stream (the batch engine
+            # answers a lone generation with a plain forward); with others, _concrete_feeds reads that id first.
+            generation = batch.add(run.steps(kv, overlap=True), tag=job)
         except Exception as exc:
             self._release(job)
             job.emit(Failed(exc))
@@ -482,6 +487,14 @@ class Engine:
         with self._lock:
             self._kv_pool.append(kv)
             del self._kv_pool[: -self.max_batch]  # the newest max_batch are kept
+
+
+def _concrete_feeds(generations) -> None:
+    """Read the lazy id of a plain step queued ahead (overlap) into a list, so the pass can be batched."""
+    for generation in generations:
+        pending = generation.pending
+        if isinstance(getattr(pending, "feed", None), mx.array):
+            generation.pending = dataclasses.replace(pending, feed=pending.feed.reshape(-1).tolist())
 
 
 class _Progress:
