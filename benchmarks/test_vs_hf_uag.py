@@ -12,6 +12,7 @@ English prose, lists, code (Python function headers), translation prompts and
 whitespace-heavy text.
 
 Run:  SPECFW_HF_PYTHON=/path/to/hf-venv/bin/python pytest benchmarks/test_vs_hf_uag.py -s
+(``SPECFW_HF_UAG_PER_CLASS=1``: the first prompt of each class only.)
 
 Per prompt it prints accepted draft ids per target pass and proposed ids per
 target pass on both sides (every target forward that yields ids counts, the
@@ -58,6 +59,20 @@ PROMPTS: list[tuple[str, str]] = [
     ("whitespace", "Name:        Alice\nAge:         30\nCity:        Paris\nCountry:"),
     ("whitespace", "server:\n  host: localhost\n  port: 8080\n  options:\n    debug: true\n    workers:"),
 ]
+
+
+def _prompts() -> list[tuple[str, str]]:
+    """All of :data:`PROMPTS`, or the first N of each class with ``SPECFW_HF_UAG_PER_CLASS=N`` (a shorter run)."""
+    per_class = int(os.environ.get("SPECFW_HF_UAG_PER_CLASS", "0") or 0)
+    if per_class <= 0:
+        return list(PROMPTS)
+    seen: dict[str, int] = {}
+    chosen = []
+    for kind, prompt in PROMPTS:
+        seen[kind] = seen.get(kind, 0) + 1
+        if seen[kind] <= per_class:
+            chosen.append((kind, prompt))
+    return chosen
 
 
 def _hf_python() -> str:
@@ -134,14 +149,18 @@ def test_vs_hf_uag(benchmark, pair):
     worker = _HF(python, pair)
     rows = []
     try:
-        for kind, prompt in PROMPTS:
+        prompts = _prompts()
+        for kind, prompt in prompts:
             ids = prompt_ids(pair[0].tokenizer, prompt)
             alone = _run_specfw(pair, prompt, baseline=True)["token_ids"]
             hf = worker.run(ids)
             ours = {name: _run_specfw(pair, prompt, options) for name, options in variants}
             rows.append((kind, prompt, alone, hf, ours))
-            print(f"[{len(rows)}/{len(PROMPTS)}] {kind}: HF {hf['accepted']}/{hf['passes']} "
-                  + " ".join(f"{n} {o['accepted']}/{o['passes']}" for n, o in ours.items()), file=sys.stderr, flush=True)
+            print(f"[{len(rows)}/{len(prompts)}] {kind} {prompt[:30]!r}: HF accepted/proposed/passes "
+                  f"{hf['accepted']}/{hf['proposed']}/{hf['passes']} lossless {hf['token_ids'] == hf['alone_ids']}; "
+                  + "; ".join(f"{n} {o['accepted']}/{o['proposed']}/{o['passes']} lossless {o['token_ids'] == alone}"
+                              for n, o in ours.items())
+                  + f"; same target {hf['alone_ids'] == alone}", file=sys.stderr, flush=True)
     finally:
         worker.close()
 
