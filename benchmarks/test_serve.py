@@ -12,6 +12,15 @@ over all prompts (goal: the server decodes at >= 0.95x of `specfw run`) and
 the server's decode overhead per token. ``test_prompt_cache_saving`` plays the same 4-turn chat against both
 servers and prints each turn's prefill time (time to the first token, as the
 server reports it) with and without the cache.
+
+``test_batched_serving`` (continuous batching, ``--max-batch``): two more servers, one at a time
+(``--max-batch 1``) and batched (``--max-batch 8``), both on the default pair with the server's default
+drafter settings and no prompt cache. At 1, 2, 4 and 8 concurrent streaming clients (one request each,
+different prompts; the lone client asks LONE_ROUNDS times) it sends the same requests to both and prints
+aggregate tokens/s (all completion tokens over the wall time from the first request to the last token), p50
+and p95 time to first token, per-request decode tokens/s, and the ratio batched / one at a time (goal: >= 2x
+at 4 clients; one client alone >= 0.97x, best decode of LONE_ROUNDS alternating rounds); one more row at 4
+clients with ``k_policy: adaptive``. Every batched text is checked equal to the one-at-a-time text.
 """
 
 from __future__ import annotations
@@ -190,3 +199,96 @@ def test_prompt_cache_saving(benchmark, servers):
     print(f"prompt cache saves {saved:.3f}s of prefill over the 4-turn chat "
           f"({sum(t[0] for t in best['no cache']):.3f}s -> {sum(t[0] for t in best['cache']):.3f}s)")
 
+
+
+# -- continuous batching ------------------------------------------------------------------------------------
+
+BATCH_PROMPTS = ["The capital of France is", "Once upon a time, there was a little", "Water boils at a temperature of",
+                 "The three primary colours are", "def fibonacci(n):", "The largest planet in the solar system is",
+                 "In 1969, the first people to walk on the Moon", "A good recipe for pancakes needs"]
+BATCH_TOKENS = 24
+CONCURRENCY = [1, 2, 4, 8]
+LONE_ROUNDS = 3
+BATCH_GOAL, LONE_GOAL = 2.0, 0.97
+
+
+@pytest.fixture(scope="module")
+def batching_servers():
+    one, batched = _Server("--max-batch", "1", "--no-prompt-cache"), _Server("--max-batch", "8", "--no-prompt-cache")
+    yield one, batched
+    one.stop()
+    batched.stop()
+
+
+def _timed_stream(server: _Server, prompt: str, extra: dict, start: float) -> dict:
+    """One streaming completion; its chunk arrival times (from ``start``, the whole load's start)."""
+    sent = time.perf_counter()
+    times, text = [], []
+    for chunk in server.client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=BATCH_TOKENS,
+                                                  stream=True, stream_options={"include_usage": True},
+                                                  extra_body=extra):
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+        piece = chunk.choices[0].text if chunk.choices else ""
+        if piece:
+            times.append(time.perf_counter())
+            text.append(piece)
+    return {"text": "".join(text), "tokens": tokens, "ttft": times[0] - sent, "end": times[-1] - start,
+            "tps": (tokens - 1) / (times[-1] - times[0]) if tokens > 1 and times[-1] > times[0] else 0.0}
+
+
+def _load(server: _Server, clients: int, extra: dict | None = None) -> dict:
+    """``clients`` concurrent streaming requests (prompt i for client i); aggregate and per-request figures."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda i: _timed_stream(server, BATCH_PROMPTS[i], extra or {}, start),
+                                range(clients)))
+    wall = max(r["end"] for r in results)
+    ttfts = sorted(r["ttft"] for r in results)
+    tps = sorted(r["tps"] for r in results)
+    return {"texts": [r["text"] for r in results], "tokens": sum(r["tokens"] for r in results), "wall": wall,
+            "agg": sum(r["tokens"] for r in results) / wall, "ttft_p50": _pct(ttfts, 50), "ttft_p95": _pct(ttfts, 95),
+            "tps_p50": _pct(tps, 50), "tps_p5": _pct(tps, 5)}
+
+
+def _pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of sorted ``values``."""
+    import math
+
+    return values[max(0, math.ceil(q / 100 * len(values)) - 1)]
+
+
+def test_batched_serving(benchmark, batching_servers):
+    one, batched = batching_servers
+    for server in (one, batched):  # warm-up: first passes, lazy imports
+        _load(server, 1)
+    rows = []
+    for clients in CONCURRENCY:
+        a, b = _load(one, clients), _load(batched, clients)
+        assert a["texts"] == b["texts"], clients  # lossless through the batch
+        rows.append(("default", clients, a, b))
+    a, b = _load(one, 4, {"k_policy": "adaptive"}), _load(batched, 4, {"k_policy": "adaptive"})
+    assert a["texts"] == b["texts"]
+    rows.append(("k_policy adaptive", 4, a, b))
+    # One client alone: alternating rounds, best decode each side (the same tokens: tok/s ratio = time ratio).
+    lone = {"one": 0.0, "batched": 0.0}
+    for _ in range(LONE_ROUNDS):
+        for name, server in (("one", one), ("batched", batched)):
+            lone[name] = max(lone[name], _timed_stream(server, BATCH_PROMPTS[0], {}, time.perf_counter())["tps"])
+    lone_ratio = lone["batched"] / lone["one"]
+    at4 = next(b["agg"] / a["agg"] for name, c, a, b in rows if name == "default" and c == 4)
+    benchmark.extra_info.update({f"{n} x{c} ratio": round(b["agg"] / a["agg"], 3) for n, c, a, b in rows})
+    benchmark.extra_info.update(lone_ratio=round(lone_ratio, 3), goal_4=BATCH_GOAL, goal_lone=LONE_GOAL)
+    benchmark.group = "serve batching"
+    benchmark.pedantic(lambda: None, rounds=1)
+    print(f"\n{'settings':>18} {'clients':>7} | {'one-at-a-time tok/s':>19} {'ttft p50/p95 s':>15} {'req tok/s p50':>13} "
+          f"| {'batched tok/s':>13} {'ttft p50/p95 s':>15} {'req tok/s p50':>13} | {'ratio':>5}")
+    for name, clients, a, b in rows:
+        print(f"{name:>18} {clients:7d} | {a['agg']:19.2f} {a['ttft_p50']:7.2f}/{a['ttft_p95']:<7.2f} "
+              f"{a['tps_p50']:13.2f} | {b['agg']:13.2f} {b['ttft_p50']:7.2f}/{b['ttft_p95']:<7.2f} "
+              f"{b['tps_p50']:13.2f} | {b['agg'] / a['agg']:5.2f}")
+    print(f"one client alone, best of {LONE_ROUNDS}: one at a time {lone['one']:.2f} tok/s, batched server "
+          f"{lone['batched']:.2f} tok/s, ratio {lone_ratio:.3f} (goal >= {LONE_GOAL})")
+    print(f"4 clients: batched / one at a time = {at4:.2f} (goal >= {BATCH_GOAL})")
