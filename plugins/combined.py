@@ -59,6 +59,13 @@ class CombinedDrafter:
     def propose(self, pending: Sequence[int], k: int, allowed=None) -> list[int]:
         return self.second.propose(pending, k, allowed)
 
+    def propose_steps(self, pending: Sequence[int], k: int, allowed=None):
+        """The second part's ``propose_steps`` (its forward passes as requests), or its ``propose`` where it has none."""
+        steps = getattr(self.second, "propose_steps", None)
+        if steps is None:
+            return self.second.propose(pending, k, allowed)
+        return (yield from steps(pending, k, allowed))
+
     def trim(self, n: int) -> None:
         self.second.trim(n)
 

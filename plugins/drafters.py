@@ -5,13 +5,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from typing import Sequence
+from typing import Generator, Sequence
 
 import mlx.core as mx
 from mlx_lm.models.cache import trim_prompt_cache
 
 from specfw.errors import PluginError
-from specfw.forward import PREFILL_CHUNK, prefill
+from specfw.forward import ForwardRequest, answer
 from specfw.hookspecs import hookimpl
 from specfw.kv_cache import make_trimmable_cache
 from specfw.protocols import DrafterSetup
@@ -22,6 +22,16 @@ from specfw_plugins.verifiers import filtered_logits
 def _logits_width(model, fallback: int) -> int:
     width = getattr(getattr(model, "args", None), "vocab_size", None)
     return width if isinstance(width, int) and width > 0 else fallback
+
+
+class _HeadModel:
+    """A model whose logits come from a restricted head, called as an mlx-lm model is (``model(inputs, cache=...)``)."""
+
+    def __init__(self, model, head: RestrictedHead) -> None:
+        self.model, self.head = model, head
+
+    def __call__(self, inputs: mx.array, cache=None) -> mx.array:
+        return self.head(self.model, inputs, cache)
 
 
 class MLXDrafter:
@@ -101,26 +111,33 @@ class MLXDrafter:
         return fitted
 
     def propose(self, pending: Sequence[int], k: int, allowed: mx.array | None = None) -> list[int]:
-        ids = list(pending)
-        if len(ids) > PREFILL_CHUNK:
-            prefill(self.model, self.cache, ids[:-PREFILL_CHUNK])
-            ids = ids[-PREFILL_CHUNK:]
-        y = mx.array(ids)
-        proposals = []
-        probs = []
+        return answer(self.propose_steps(pending, k, allowed))
+
+    def propose_steps(self, pending: Sequence[int], k: int,
+                      allowed: mx.array | None = None) -> Generator[ForwardRequest, mx.array, list[int]]:
+        """:meth:`propose` as a coroutine: yields a draft :class:`~specfw.forward.ForwardRequest` for each step
+        (the first feeds ``pending``, each later one the previous proposal, lazily) and returns the proposals.
+
+        A batching driver answers many drafters' steps on the same model in one pass; :meth:`propose` answers
+        them one by one with direct calls. The draws use this drafter's own key either way.
+        """
+        if k <= 0:
+            return []
         head = self.head
         if head is None and self._head_from_mask and allowed is not None:
             mask = self._fit(allowed, _logits_width(self.model, allowed.shape[0]))
             head = self.head = RestrictedHead(self.model, [i for i, ok in enumerate(mask.tolist()) if ok])
+        model = self.model if head is None else self._head_model(head)
+        feed: Sequence[int] | mx.array = list(pending)
+        proposals = []
+        probs = []
         for _ in range(k):
+            logits = (yield ForwardRequest(self.cache, feed, 1, model, draft=True))[-1]
             if head is None:
-                logits = self.model(y[None], cache=self.cache)[0, -1]
                 if allowed is not None:
                     logits = mx.where(self._fit(allowed, logits.shape[-1]), logits, -mx.inf)
-            else:
-                logits = head(self.model, y[None], self.cache)[0, -1]
-                if allowed is not None:
-                    logits = mx.where(head.mask(self._fit(allowed, head.width)), logits, -mx.inf)
+            elif allowed is not None:
+                logits = mx.where(head.mask(self._fit(allowed, head.width)), logits, -mx.inf)
             if self.sample:
                 logits = filtered_logits(logits, self.temp, self.top_p)
                 self.key, draw_key = mx.random.split(self.key)
@@ -135,9 +152,17 @@ class MLXDrafter:
                 y = head.to_full(y)  # restricted index -> draft id (the distribution stays over the subset)
             mx.async_eval(y)  # overlap this step's compute with building the next
             proposals.append(y)
+            feed = y
         self.last_probs = mx.stack(probs) if probs else None
         self._allowed = allowed  # for branch_probs
         return mx.concatenate(proposals).tolist()
+
+    def _head_model(self, head: RestrictedHead) -> "_HeadModel":
+        """The model with ``head`` as one callable (the same object each call, so a batching driver groups it)."""
+        cached = getattr(self, "_head_forward", None)
+        if cached is None or cached.head is not head:
+            cached = self._head_forward = _HeadModel(self.model, head)
+        return cached
 
     def branch_probs(self, ids: Sequence[int]) -> mx.array:
         """Distributions after the first proposal's context followed by each of ``ids``, in one batched pass.

@@ -6,19 +6,26 @@ its own KV caches, drafter, translator, k policy, verifier, sampling settings,
 seed and stop ids. Each :meth:`BatchEngine.cycle`:
 
 1. drops cancelled generations and admits waiting ones (a generation joins
-   once its coroutine has prefilled its prompt and asked for its first target
-   pass);
-2. answers every active generation's pending target pass (its ragged proposal,
+   once its coroutine has prefilled its prompt and asked for its first pass);
+2. answers the drafters' passes in rounds: each round, every generation whose
+   drafter asks for a pass (its catch-up and first draft step, or a later
+   step on its previous proposal) is forwarded, those on the same draft model
+   in **one** :func:`~specfw.batch_forward.batched_forward` call, and runs
+   on to its next draft step or its target pass (a drafter without
+   ``propose_steps``, and drafting ahead, run directly inside the generation);
+3. answers every active generation's pending target pass (its ragged proposal,
    or one id for a plain step) with **one** :func:`specfw.batch_forward.batched_forward`
    call (a lone generation gets a plain ``forward_logits`` pass);
-3. sends each its logits and runs it on (verification, per-row cache rollback,
-   emitted tokens, its next draft) until it asks for its next pass or ends.
+4. sends each its logits and runs it on (verification, per-row cache rollback,
+   emitted tokens) until it asks for its next pass or ends.
 
 Generations leave between cycles when they end. Every emitted id comes out of
 the generation's own verifier over its own logits, so its output is what it
 gives alone (greedy: the same ids; sampling: the same ids for the same seed,
-whose draws are keyed by seed and position); only the timings and so an
-adaptive k policy's choices (never the output) may differ. A generation whose
+whose draws are keyed by seed and position; a drafter that samples draws
+with its own key, as alone); only the timings and so an adaptive k policy's
+choices (never the output) may differ. Drafters are batched by model object:
+``quantize`` and ``head`` options give each drafter its own, drafting alone. A generation whose
 coroutine raises fails alone (:attr:`Generation.error`); the others go on.
 
 Under batching each generation decodes without the single path's plain-step
@@ -42,6 +49,7 @@ from specfw.run import Run, RunResult
 from specfw.scheduler import ForwardRequest, Steps, Token
 
 DEFAULT_MAX_BATCH = 4
+LONG_DRAFT_FEED = 16  # a drafter's pass over more ids than this is not batched (see BatchEngine._draft_rounds)
 
 
 @dataclass
@@ -78,6 +86,9 @@ class BatchEngine:
         self.max_batch = max_batch
         self.waiting: deque[Generation] = deque()
         self.active: list[Generation] = []
+        # Drafters' passes answered so far: model calls, and the rows they forwarded (rows > passes: batched).
+        self.draft_passes = 0
+        self.draft_rows = 0
 
     @property
     def busy(self) -> bool:
@@ -96,7 +107,8 @@ class BatchEngine:
         return self.add(run.steps(prompt_cache), tag)
 
     def cycle(self) -> list[Generation]:
-        """Admit, run one batched target pass, advance every generation; return those that ended in this cycle."""
+        """Admit, run the drafters' batched passes and one batched target pass, advance every generation; return
+        those that ended in this cycle."""
         ended: list[Generation] = []
         for generation in list(self.waiting):
             if generation.cancelled:
@@ -110,9 +122,10 @@ class BatchEngine:
         while self.waiting and len([g for g in self.active if not g.done]) < self.max_batch:
             generation = self.waiting.popleft()
             self.active.append(generation)
-            _advance(generation, None)  # prefill and first draft; joins with its first target pass
+            _advance(generation, None)  # prefill; joins with its first draft (or target) pass
+        self._draft_rounds()
         rows = [g for g in self.active if not g.done and g.pending is not None]
-        for generation, logits in zip(rows, self._forward(rows)):
+        for generation, logits in zip(rows, self._forward(self.model, rows)):
             if isinstance(logits, BaseException):
                 _fail(generation, logits)
             else:
@@ -126,11 +139,40 @@ class BatchEngine:
         while self.busy:
             self.cycle()
 
-    def _forward(self, rows: list[Generation]) -> list[mx.array | BaseException]:
+    def _draft_rounds(self) -> None:
+        """Answer the drafters' passes, round by round, until every generation waits for the target.
+
+        Each round forwards every generation's pending draft request, those on
+        the same draft model in one batched pass (a generation drafting k ids
+        takes part in k rounds; its first forwards its catch-up ids too). A
+        feed longer than :data:`LONG_DRAFT_FEED` ids (a joining generation's
+        draft prompt) is forwarded alone: in a batch every row is padded to the
+        longest feed.
+        """
+        while True:
+            drafting = [g for g in self.active if not g.done and g.pending is not None and g.pending.draft]
+            if not drafting:
+                return
+            groups: dict[int, list[Generation]] = {}
+            for generation in drafting:
+                feed = generation.pending.feed
+                # A long feed (a new generation's draft prompt) goes alone: batched, every row would be padded to it.
+                key = id(generation) if len(feed) > LONG_DRAFT_FEED else id(generation.pending.model)
+                groups.setdefault(key, []).append(generation)
+            for rows in groups.values():
+                self.draft_passes += 1
+                self.draft_rows += len(rows)
+                for generation, logits in zip(rows, self._forward(rows[0].pending.model, rows)):
+                    if isinstance(logits, BaseException):
+                        _fail(generation, logits)
+                    else:
+                        _advance(generation, logits)
+
+    def _forward(self, model: Any, rows: list[Generation]) -> list[mx.array | BaseException]:
         requests = [g.pending for g in rows]
         if len(requests) > 1:
             try:
-                logits = batched_forward(self.model, [r.cache for r in requests], [r.feed for r in requests],
+                logits = batched_forward(model, [r.cache for r in requests], [r.feed for r in requests],
                                          [r.n_logits for r in requests])
                 mx.async_eval(logits)
                 return logits
@@ -139,7 +181,7 @@ class BatchEngine:
         out: list[mx.array | BaseException] = []
         for r in requests:
             try:
-                out.append(forward_logits(self.model, r.cache, r.feed, r.n_logits))
+                out.append(forward_logits(model if r.model is None else r.model, r.cache, r.feed, r.n_logits))
             except Exception as exc:
                 out.append(exc)
         return out

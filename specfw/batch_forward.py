@@ -75,12 +75,14 @@ class _RowsCache:
         return create_causal_mask(N, offset=self.width, window_size=window_size, left_padding=self.left_padding)
 
 
-def batched_forward(model, caches: Sequence[Sequence[KVCache]], feeds: Sequence[Sequence[int]],
+def batched_forward(model, caches: Sequence[Sequence[KVCache]], feeds: Sequence[Sequence[int] | mx.array],
                     n_logits: Sequence[int]) -> list[mx.array]:
     """Forward row i's ``feeds[i]`` on ``caches[i]`` in one model call; return its last ``n_logits[i]`` logits rows.
 
     Every feed must be non-empty and every cache a list of plain ``KVCache``
-    (one per layer). After the call each row's cache holds its feed, as after
+    (one per layer). A feed is a list of ids or a (lazy) 1-D ``mx.array`` of
+    ids, e.g. a drafter's previous proposal: it is forwarded without being
+    read. After the call each row's cache holds its feed, as after
     ``forward_logits(model, caches[i], feeds[i], n_logits[i])``. A feed longer
     than :data:`specfw.forward.PREFILL_CHUNK` has its head prefilled on its own
     row first, as ``forward_logits`` does. The returned arrays are lazy.
@@ -89,9 +91,11 @@ def batched_forward(model, caches: Sequence[Sequence[KVCache]], feeds: Sequence[
         return []
     if not (len(caches) == len(feeds) == len(n_logits)):
         raise ValueError("caches, feeds and n_logits must have one entry per row")
-    feeds = [list(feed) for feed in feeds]
+    feeds = [feed if isinstance(feed, mx.array) else list(feed) for feed in feeds]
     for cache, feed, n in zip(caches, feeds, n_logits):
-        if not feed or not 1 <= n <= len(feed):
+        if isinstance(feed, mx.array) and feed.ndim != 1:
+            raise ValueError(f"an mx.array feed must be 1-D, not of shape {feed.shape}")
+        if not len(feed) or not 1 <= n <= len(feed):
             raise ValueError(f"each feed needs at least one id and 1 <= n_logits <= its length (got {len(feed)}, {n})")
         for layer in cache:
             if type(layer) is not KVCache:
@@ -99,15 +103,28 @@ def batched_forward(model, caches: Sequence[Sequence[KVCache]], feeds: Sequence[
     for i, (cache, feed, n) in enumerate(zip(caches, feeds, n_logits)):
         head = max(0, len(feed) - max(n, PREFILL_CHUNK))
         if head:
+            if isinstance(feed, mx.array):
+                feed = feed.tolist()
             prefill(model, cache, feed[:head])
             feeds[i] = feed[head:]
-    width = max(len(feed) for feed in feeds)
-    inputs = mx.array([feed + [PAD_ID] * (width - len(feed)) for feed in feeds])
+    lengths = [len(feed) for feed in feeds]
+    width = max(lengths)
+    if all(isinstance(feed, list) for feed in feeds):
+        inputs = mx.array([feed + [PAD_ID] * (width - len(feed)) for feed in feeds])
+    else:
+        inputs = mx.stack([_padded(feed, width) for feed in feeds])
     layers = [_RowsCache([cache[layer] for cache in caches], width) for layer in range(len(caches[0]))]
     logits = model(inputs, cache=layers)
     for layer, batch in enumerate(layers):
-        for row, (cache, feed) in enumerate(zip(caches, feeds)):
-            real = len(feed)
+        for row, (cache, real) in enumerate(zip(caches, lengths)):
             cache[layer].update_and_fetch(batch.new_keys[row : row + 1, :, :real, :],
                                           batch.new_values[row : row + 1, :, :real, :])
-    return [logits[row, len(feed) - n : len(feed), :] for row, (feed, n) in enumerate(zip(feeds, n_logits))]
+    return [logits[row, real - n : real, :] for row, (real, n) in enumerate(zip(lengths, n_logits))]
+
+
+def _padded(feed: Sequence[int] | mx.array, width: int) -> mx.array:
+    """One row of the inputs: ``feed`` as int32 ids, right-padded with :data:`PAD_ID` to ``width``."""
+    if not isinstance(feed, mx.array):
+        return mx.array(list(feed) + [PAD_ID] * (width - len(feed)), dtype=mx.int32)
+    feed = feed.astype(mx.int32)
+    return mx.pad(feed, [(0, width - feed.shape[0])], constant_values=PAD_ID) if feed.shape[0] < width else feed

@@ -104,6 +104,15 @@ class Drafter(Protocol):
     drafter's own context (``propose`` is then not called that cycle). The
     combined drafters (``--drafter lookup+mlx``) provide it.
 
+    Optional, for drafting in batches: ``propose_steps(pending, k, allowed)``,
+    :meth:`propose` as a generator that yields a
+    :class:`~specfw.forward.ForwardRequest` (``draft=True``, its ``model``) for
+    each of its forward passes, receives their logits and returns the
+    proposals. The scheduler then uses it instead of :meth:`propose`: one
+    generation's driver answers each request directly, a batching driver
+    answers many generations' requests on the same model in one pass. The
+    ``mlx`` drafter provides it (its :meth:`propose` drives it directly).
+
     ``option_names`` (optional class attribute): the ``drafter_options`` keys
     the drafter understands; the host refuses any other key with one clear
     error. A drafter without it receives every option unchecked.

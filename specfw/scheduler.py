@@ -23,9 +23,13 @@ its proposal on a second MLX stream while the target verifies it, so when
 the whole proposal is accepted the next proposal is often ready.
 
 The cycle is written once, as a coroutine (:func:`speculative_steps`) that
-asks its driver for every target forward pass: :func:`speculative_stream`
-answers them one generation at a time, and :mod:`specfw.batch` answers many
-generations' requests with one batched target pass.
+asks its driver for every target forward pass, and for every drafter pass of
+a drafter with ``propose_steps`` (the ``mlx`` drafter, and ``lookup+mlx``'s
+second part): :func:`speculative_stream` answers them one generation at a
+time with direct calls, and :mod:`specfw.batch` answers many generations'
+requests with one batched pass per draft step (per draft model) and one
+batched target pass. Drafting ahead (``DraftSide.ahead``) calls the drafter
+directly, on its own stream, under either driver.
 
 Losslessness rests on one rule: every emitted id comes out of the verifier
 (or the target's own next-id rule in a plain step), from the target's logits
@@ -43,7 +47,7 @@ from typing import Generator, Iterator, Sequence
 
 import mlx.core as mx
 
-from specfw.forward import forward_logits, prefill
+from specfw.forward import ForwardRequest, forward_logits, prefill
 from specfw.kv_cache import make_trimmable_cache
 from specfw.prompt_cache import PromptCache
 from specfw.protocols import Acceptance, CacheSync, CycleReport, DraftStrings, KPolicy, Drafter, Proposal, Translator, Verifier
@@ -61,19 +65,6 @@ class Token:
     id: int
     text: str
     from_draft: bool
-
-
-@dataclass
-class ForwardRequest:
-    """A target forward pass a cycle needs: ``feed`` on ``cache``; the last ``n_logits`` logits rows are sent back.
-
-    ``feed`` is a list of ids, or (a plain step queued ahead, single driver
-    only) a lazy ``mx.array`` of one id.
-    """
-
-    cache: list
-    feed: Sequence[int] | mx.array
-    n_logits: int
 
 
 Steps = Generator["Token | ForwardRequest", "mx.array | None", None]
@@ -240,7 +231,8 @@ def speculative_stream(
         item = next(steps)
         while True:
             if isinstance(item, ForwardRequest):
-                item = steps.send(forward_logits(target.model, item.cache, item.feed, item.n_logits))
+                model = target.model if item.model is None else item.model
+                item = steps.send(forward_logits(model, item.cache, item.feed, item.n_logits))
             else:
                 yield item
                 item = next(steps)
@@ -255,7 +247,8 @@ def speculative_steps(
     prompt_cache: PromptCache | None = None, overlap: bool = False,
 ) -> Steps:
     """The cycle as a coroutine: yields each generated :class:`Token`, and a :class:`ForwardRequest` wherever
-    it needs the target's logits, which the driver sends back (``steps.send(logits)``).
+    it needs the target's logits (``model`` None) or a drafter's (``draft`` True, on the request's ``model``),
+    which the driver sends back (``steps.send(logits)``).
 
     A driver may answer several generations' requests with one batched pass
     (:mod:`specfw.batch`). ``overlap``: when a plain step is known to follow
@@ -333,7 +326,11 @@ def speculative_steps(
                 stats.reused_proposals += 1
             else:
                 draft_fed = len(to_forward)
-                draft_ids = draft.drafter.propose(to_forward, k, draft.allowed)
+                propose_steps = getattr(draft.drafter, "propose_steps", None)
+                if propose_steps is None:
+                    draft_ids = draft.drafter.propose(to_forward, k, draft.allowed)
+                else:  # the drafter's forward passes go to the driver, which may batch them with other generations'
+                    draft_ids = yield from propose_steps(to_forward, k, draft.allowed)
                 if draft_ids and draft.drafter.needs_model:
                     stats.host_syncs += 1  # the model drafter hands its ids back from the device
             t2 = time.perf_counter()

@@ -44,9 +44,9 @@ def _run(request: dict, reference: list[int] | None = None, **extra) -> Run:
     common = dict(prompt=request["prompt"], max_tokens=request["max_tokens"], **extra)
     if drafter is None:
         return Run(RunConfig(**common, baseline=True), target=target)
-    options = {"reference": reference} if drafter == "replay" else {}
+    options = {"reference": reference} if drafter == "replay" else dict(request.get("options", {}))
     config = RunConfig(**common, drafter=drafter, drafter_options=options, translator=request["translator"],
-                       k=request["k"], k_policy=request["k_policy"])
+                       k=request["k"], k_policy=request["k_policy"], draft_ahead=request.get("ahead", 0))
     return Run(config, target=target, draft=None if drafter == "lookup" else draft)
 
 
@@ -103,6 +103,71 @@ def test_sampling_gives_the_same_ids_for_the_same_seed(translator, k_policy):
     alone = [_run(r, temp=0.9, seed=s).result() for r, s in zip(requests, seeds)]
     batched = generate_runs([_run(r, temp=0.9, seed=s) for r, s in zip(requests, seeds)], max_batch=3)
     assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
+
+
+SHARED_DRAFT = st.fixed_dictionaries({
+    "prompt": st.one_of(PROMPTS, st.sampled_from(["the the the the the", "Ala ma kota, a kot ma Alę. Ala ma"])),
+    "max_tokens": st.integers(1, 14),
+    "drafter": st.sampled_from(["mlx", "lookup+mlx"]),
+    "draft": st.just("qwen"),
+    "translator": st.sampled_from(["none", "naive", "context"]),
+    "k": st.integers(1, 4),
+    "k_policy": st.sampled_from(["fixed", "adaptive"]),
+})
+
+
+def _engine_results(runs: list[Run], max_batch: int) -> tuple[BatchEngine, list]:
+    engine = BatchEngine(runs[0].target.model, max_batch)
+    generations = [engine.add_run(run) for run in runs]
+    engine.run()
+    return engine, [g.error if g.error is not None else run.result_of(g.tokens) for run, g in zip(runs, generations)]
+
+
+@given(requests=st.lists(SHARED_DRAFT, min_size=2, max_size=4), max_batch=st.integers(2, 4))
+def test_drafters_sharing_a_draft_model_batch_their_passes_and_each_equals_it_alone(requests, max_batch):
+    """``mlx`` and ``lookup+mlx`` on one draft model: their draft steps share passes; every output is its own alone."""
+    alone = [_run(r).result() for r in requests]
+    _, batched = _engine_results([_run(r) for r in requests], max_batch)
+    for request, a, b in zip(requests, alone, batched):
+        assert not isinstance(b, BaseException), b
+        assert b.token_ids == a.token_ids, request
+        assert b.stats.generated == a.stats.generated and b.stats.finish_reason == a.stats.finish_reason
+
+
+def test_draft_steps_are_batched_across_generations():
+    """Several mlx drafters (each its own k; one restricted head, one drafting ahead, one long prompt), one draft
+    model: fewer draft passes than draft rows, and every output is the run alone's."""
+    base = dict(draft="qwen", translator="context", k_policy="fixed")
+    requests = [
+        dict(base, prompt="Ala ma kota, a kot ma", max_tokens=14, drafter="mlx", k=2),
+        dict(base, prompt="Hello there, my friend", max_tokens=12, drafter="mlx", k=3, translator="naive"),
+        dict(base, prompt="the the the the the", max_tokens=13, drafter="lookup+mlx", k=2),
+        dict(base, prompt="Zażółć gęślą jaźń", max_tokens=11, drafter="mlx", k=4, k_policy="adaptive"),
+        dict(base, prompt="Once upon a time", max_tokens=10, drafter="mlx", k=2, options={"head": "300"}),
+        dict(base, prompt="Once upon a time, in a land far away, there lived a girl who read books about dragons.",
+             max_tokens=10, drafter="mlx", k=2),  # a draft prompt past LONG_DRAFT_FEED: its first pass goes alone
+        dict(base, prompt="Water boils at", max_tokens=10, drafter="mlx", k=2, ahead=2),
+        dict(base, prompt="x", max_tokens=9, drafter=None, k=1),
+    ]
+    alone = [_run(r).result() for r in requests]
+    engine, batched = _engine_results([_run(r) for r in requests], max_batch=len(requests))
+    assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
+    assert engine.draft_rows > engine.draft_passes > 0
+
+
+@pytest.mark.parametrize("translator", ["tli", "context"])
+def test_sampled_drafts_on_one_draft_model_give_the_same_ids_for_the_same_seed(translator):
+    """With ``tli`` every mlx drafter *draws* its proposals (its own key) from batched draft passes; the ids are
+    those of each run alone for its seed. ``context``: the target's draws, keyed by seed and position."""
+    requests = [dict(prompt=p, max_tokens=12, drafter=dr, draft="qwen", translator=translator, k=k,
+                     k_policy="fixed", options=o)
+                for p, dr, k, o in [("Ala ma kota", "mlx", 2, {}), ("Hello there", "mlx", 3, {}),
+                                    ("Zażółć", "lookup+mlx", 2, {}), ("Ala ma kota", "mlx", 2, {"head": "300"})]]
+    seeds = [3, 3, 11, 5]
+    alone = [_run(r, temp=0.9, seed=s).result() for r, s in zip(requests, seeds)]
+    engine, batched = _engine_results([_run(r, temp=0.9, seed=s) for r, s in zip(requests, seeds)], max_batch=4)
+    assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
+    assert engine.draft_rows > engine.draft_passes
 
 
 class FailingLookup(LookupDrafter):

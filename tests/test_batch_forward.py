@@ -83,6 +83,29 @@ def test_a_row_past_the_sliding_window_beside_short_ones():
     _check(_models("sliding"), [(5 * WINDOW, 3, 3, 2), (WINDOW - 1, 1, 1, 0), (0, 5, 2, 1)], 7, 30000, atol=1e-5)
 
 
+def test_lazy_array_feeds_beside_lists_equal_each_row_alone():
+    """Draft steps feed the previous proposal unread (a lazy ``mx.array``), beside rows that feed catch-up lists."""
+    model = tiny_loaded("qwen").model
+    rng = random.Random(5)
+    prompts = [[rng.randrange(3, 30000) for _ in range(n)] for n in (7, 0, 12, 3)]
+    alone_caches, batch_caches = [], []
+    for prompt in prompts:
+        for caches in (alone_caches, batch_caches):
+            cache = make_trimmable_cache(model)
+            prefill(model, cache, prompt)
+            caches.append(cache)
+    for step in range(3):
+        lists = [[rng.randrange(3, 30000) for _ in range(n)] for n in (1, 3, 1, 2)]
+        # rows 0 and 2 feed a lazy argmax (as a drafter's next step does), in the dtype argmax gives
+        lazy = [mx.argmax(mx.array([[0.0] * f[0] + [1.0]]), axis=-1) if i in (0, 2) else None
+                for i, f in enumerate(lists)]
+        feeds = [lz if lz is not None else f for lz, f in zip(lazy, lists)]
+        alone = [forward_logits(model, c, f, 1) for c, f in zip(alone_caches, feeds)]
+        batched = batched_forward(model, batch_caches, feeds, [1, 2, 1, 1])
+        _same(alone, [b[-1:] for b in batched], atol=1e-5)
+        assert batched[1].shape[0] == 2
+
+
 def test_refuses_rows_it_cannot_forward():
     model = tiny_loaded("mistral").model
     with pytest.raises(ValueError):
