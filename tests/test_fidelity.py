@@ -372,8 +372,10 @@ def test_cli_json(tmp_path, capsys):
                                                                    ("context", 4)]
     for r in out["results"]:
         assert set(r) == {"translator", "k", "fidelity", "proposed", "accepted", "cycles", "zero_new_cycles",
-                          "back_mismatches", "us_per_cycle"}
+                          "back_mismatches", "us_per_cycle", "modes"}
         assert r["fidelity"] == pytest.approx(r["accepted"] / r["proposed"])
+        # context counts its back-translation modes (one per cycle that back-translated); none has none
+        assert (sum(r["modes"].values()) > 0) if r["translator"] == "context" else r["modes"] == {}
         assert r["us_per_cycle"] >= 0
 
 
