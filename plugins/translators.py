@@ -289,7 +289,11 @@ class ContextTranslator(_TextBackTranslation):
     """
 
     name = "context"
-    option_names = ("unstable_share", "back_window")
+    option_names = ("unstable_share", "back_window", "whole")
+    whole_targets: bool = False
+    """Option ``whole``: k counts target ids. The scheduler drafts until the translation yields k + 1 target ids
+    (at most 2k + 2 draft ids) and proposes the first k, never the last one, which may be a fragment (a target
+    token cut where the draft ids ended). Greedy verification only (where leftover proposals may be reused)."""
     back_window: int | None = None
     """Draft ids re-encoded with the accepted text for the drafter: None (``auto``, the default) chooses per
     cycle (:meth:`to_draft`), 0 always encodes the new text on its own, N > 0 always re-encodes after N ids."""
@@ -320,6 +324,10 @@ class ContextTranslator(_TextBackTranslation):
                                   f"got {back!r}") from None
             if self.draft_window < 0:
                 raise PluginError(f"translator 'context': back_window must be >= 0, got {self.draft_window}")
+        whole = str(setup.config.translator_options.get("whole", self.whole_targets)).strip().lower()
+        if whole not in ("true", "false", "1", "0", "on", "off", "yes", "no"):
+            raise PluginError(f"translator 'context': whole must be on or off, got {whole!r}")
+        self.whole_targets = whole in ("true", "1", "on", "yes")
         self.mode_counts: dict[str, int] = {}
         """Cycles per back-translation mode: ``append`` (the new text encoded on its own) and ``resync``
         (re-encoded after the drafter's last ids, :func:`context_resync`)."""

@@ -22,6 +22,14 @@ drafter, when the accepted text turns out to agree with them: with
 its proposal on a second MLX stream while the target verifies it, so when
 the whole proposal is accepted the next proposal is often ready.
 
+With a translator whose ``whole_targets`` is set (``context``'s option
+``whole``), k counts target ids: the drafter drafts one id past k, and on
+(at most 2k + 2 draft ids) until the translation yields k + 1 target ids, and
+the first k are proposed; the last translated id, often a fragment (a target
+token cut where the draft ids ended), never is. The draft ids past the
+proposal are leftovers like any other. Only where leftovers may be reused
+(no verification against the drafter's distributions).
+
 The cycle is written once, as a coroutine (:func:`speculative_steps`) that
 asks its driver for every target forward pass, and for every drafter pass of
 a drafter with ``propose_steps`` (the ``mlx`` drafter, and ``lookup+mlx``'s
@@ -321,22 +329,34 @@ def speculative_steps(
             t0 = time.perf_counter()
             to_forward = sync.catch_up(generated_bytes)
             t1 = time.perf_counter()
+            # Whole targets: k counts target ids; draft one id past k (more where target tokens are spelled by
+            # several draft ids, at most 2k + 2) and propose the first k translated ids, never the last one, which
+            # may be a fragment (a target token cut where the draft ids ended). The draft ids past what was
+            # proposed stay outstanding: leftovers the next cycle reuses where the accepted text agrees.
+            whole = sync.reuse and getattr(draft.translator, "whole_targets", False)
+            n_draft = k + 1 if whole else k
             if sync.ready:  # proposed last cycle (drafted ahead, or past what was accepted) and still valid
-                draft_ids = sync.take_ready(k)
+                draft_ids = sync.take_ready(2 * k + 2 if whole else k)
                 stats.reused_proposals += 1
             else:
                 draft_fed = len(to_forward)
-                propose_steps = getattr(draft.drafter, "propose_steps", None)
-                if propose_steps is None:
-                    draft_ids = draft.drafter.propose(to_forward, k, draft.allowed)
-                else:  # the drafter's forward passes go to the driver, which may batch them with other generations'
-                    draft_ids = yield from propose_steps(to_forward, k, draft.allowed)
+                draft_ids = yield from _draft_steps(draft, to_forward, n_draft)
                 if draft_ids and draft.drafter.needs_model:
                     stats.host_syncs += 1  # the model drafter hands its ids back from the device
+            new_bytes = sync.new_bytes(draft_ids, generated_bytes)
+            translated = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
+            while whole and new_bytes and len(translated) <= k and 0 < len(draft_ids) < 2 * k + 2:
+                more = yield from _draft_steps(draft, draft_ids[-1:], min(k + 1 - len(translated), 2 * k + 2 - len(draft_ids)))
+                if not more:
+                    break
+                if draft.drafter.needs_model:
+                    stats.host_syncs += 1
+                draft_ids = draft_ids + list(more)
+                new_bytes = sync.new_bytes(draft_ids, generated_bytes)
+                translated = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
             t2 = time.perf_counter()
             sync.proposed(draft_ids)
-            new_bytes = sync.new_bytes(draft_ids, generated_bytes)
-            proposed = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
+            proposed = translated[:k] if whole else translated
             draft_s, translate_s = t2 - t1, (t1 - t0) + (time.perf_counter() - t2)
             if not proposed:
                 stats.zero_new_cycles += 1
@@ -442,6 +462,14 @@ def speculative_steps(
     tail = text_decoder.decode(b"", final=True)
     if tail:
         yield Token(-1, tail, from_draft=False)  # flush of an unfinished UTF-8 sequence, no id
+
+
+def _draft_steps(draft: DraftSide, pending: list[int], n: int) -> Generator[ForwardRequest, mx.array, list[int]]:
+    """``n`` draft ids after ``pending``; a drafter with ``propose_steps`` hands its forward passes to the driver."""
+    propose_steps = getattr(draft.drafter, "propose_steps", None)
+    if propose_steps is None:
+        return list(draft.drafter.propose(pending, n, draft.allowed))
+    return list((yield from propose_steps(pending, n, draft.allowed)))
 
 
 def _draft_strings(draft: DraftSide, draft_ids: list[int], new_bytes: bytes) -> DraftStrings:

@@ -34,6 +34,7 @@ REQUESTS = st.fixed_dictionaries({
     "translator": st.sampled_from(["none", "naive", "context"]),
     "k": st.integers(1, 4),
     "k_policy": st.sampled_from(["fixed", "adaptive"]),
+    "whole": st.booleans(),  # context's whole-targets mode: k counts target ids, the drafter drafts on
 })
 
 
@@ -45,8 +46,10 @@ def _run(request: dict, reference: list[int] | None = None, **extra) -> Run:
     if drafter is None:
         return Run(RunConfig(**common, baseline=True), target=target)
     options = {"reference": reference} if drafter == "replay" else dict(request.get("options", {}))
+    translator_options = {"whole": "on"} if request.get("whole") and request["translator"] == "context" else {}
     config = RunConfig(**common, drafter=drafter, drafter_options=options, translator=request["translator"],
-                       k=request["k"], k_policy=request["k_policy"], draft_ahead=request.get("ahead", 0))
+                       k=request["k"], k_policy=request["k_policy"], draft_ahead=request.get("ahead", 0),
+                       translator_options=translator_options)
     return Run(config, target=target, draft=None if drafter == "lookup" else draft)
 
 
@@ -113,6 +116,7 @@ SHARED_DRAFT = st.fixed_dictionaries({
     "translator": st.sampled_from(["none", "naive", "context"]),
     "k": st.integers(1, 4),
     "k_policy": st.sampled_from(["fixed", "adaptive"]),
+    "whole": st.booleans(),  # context's whole-targets mode: k counts target ids, the drafter drafts on
 })
 
 
@@ -152,6 +156,29 @@ def test_draft_steps_are_batched_across_generations():
     alone = [_run(r).result() for r in requests]
     engine, batched = _engine_results([_run(r) for r in requests], max_batch=len(requests))
     assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
+    assert engine.draft_rows > engine.draft_passes > 0
+
+
+def test_whole_targets_drafts_more_steps_in_batched_passes_and_each_equals_it_alone():
+    """context's ``whole`` mode: the mlx drafters draft past k (extra draft steps, batched like the others) until
+    the translation yields k + 1 target ids; ids and counts are each run alone's."""
+    base = dict(draft="qwen", translator="context", k_policy="fixed", whole=True)
+    requests = [
+        dict(base, prompt="Ala ma kota, a kot ma", max_tokens=14, drafter="mlx", k=2),
+        dict(base, prompt="Zażółć gęślą jaźń 漢字", max_tokens=12, drafter="mlx", k=1),
+        dict(base, prompt="the the the the the", max_tokens=13, drafter="lookup+mlx", k=3),
+        dict(base, prompt="def f(x):\n    return", max_tokens=11, drafter="mlx", k=4, ahead=2),
+        dict(base, prompt="Once upon a time", max_tokens=10, drafter="mlx", k=2, draft="llama3"),
+    ]
+    alone = [_run(r).result() for r in requests]
+    engine, batched = _engine_results([_run(r) for r in requests], max_batch=len(requests))
+    assert [b.token_ids for b in batched] == [a.token_ids for a in alone]
+    assert [(b.stats.proposed, b.stats.accepted) for b in batched] == [(a.stats.proposed, a.stats.accepted) for a in alone]
+    target = tiny_loaded(TARGET)
+    for request, a in zip(requests, alone):
+        baseline = Run(RunConfig(prompt=request["prompt"], max_tokens=request["max_tokens"], baseline=True),
+                       target=target).result()
+        assert a.token_ids == baseline.token_ids
     assert engine.draft_rows > engine.draft_passes > 0
 
 

@@ -43,7 +43,10 @@ CODE = st.one_of(
 )
 PROMPTS = st.lists(st.one_of(FRAGMENTS, CODE), min_size=1, max_size=5).map("".join).filter(lambda s: s.strip() != "")
 # The context translator's back-translation modes (auto: per cycle) and its hold-back, drawn per example.
-CONTEXT_OPTIONS = st.sampled_from([{}, {"back_window": "0"}, {"back_window": "8"}, {"unstable_share": "0.4"}])
+# ``whole``: k counts target ids, the drafter drafts until the translation yields k + 1 and the last is dropped.
+CONTEXT_OPTIONS = st.sampled_from([{}, {"back_window": "0"}, {"back_window": "8"}, {"unstable_share": "0.4"},
+                                   {"whole": "on"}, {"whole": "on", "back_window": "0"},
+                                   {"whole": "on", "unstable_share": "0.4"}])
 
 
 def _baseline(target, prompt: str, max_tokens: int):
@@ -145,3 +148,24 @@ def test_context_resyncs_whitespace_cycles_and_stays_lossless(pair):
     modes = run.draft_side.translator.mode_counts
     # Every back-translation is counted in one of the two modes (which ones depends on the tiny model's text).
     assert set(modes) <= {"append", "resync"} and sum(modes.values()) >= 1
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_whole_targets_proposes_a_target_token_spelled_by_several_draft_ids(k):
+    """The CI counterexample of tests/test_sampling.py, greedy: the target (qwen) writes 밞 (three Mistral byte
+    ids) and " checkBox"; at k = 1 a proposal of one draft id never spells a whole target token. With
+    ``whole`` the drafter drafts on until the translation yields a whole one, and the replayed continuation is
+    accepted; the output stays the target alone's."""
+    target, draft = tiny_loaded("qwen"), tiny_loaded("mistral")
+    baseline = _baseline(target, "A", 10)
+    reference = _replay_reference(target, draft, "A", baseline)
+    results = {}
+    for whole in ("off", "on"):
+        config = RunConfig(prompt="A", k=k, max_tokens=10, translator="context", translator_options={"whole": whole},
+                           drafter="replay", drafter_options={"reference": reference})
+        results[whole] = Run(config, target=target, draft=draft).result()
+        assert results[whole].token_ids == baseline.token_ids
+    if k == 1:
+        assert results["off"].stats.accepted == 0  # what the CI failure was: nothing can be accepted
+    assert results["on"].stats.accepted == results["on"].stats.proposed > 0
+    assert results["on"].stats.accepted > results["off"].stats.accepted
