@@ -206,7 +206,8 @@ def test_cold_first_exploration_waits_for_its_catch_up_to_fit_the_budget():
     assert policy.choose(source="draft", catch_up=30) == 1
 
 
-def test_a_cold_run_with_a_costly_drafter_does_not_draft_and_stays_lossless():
+def test_a_cold_run_with_a_costly_drafter_does_not_draft_and_stays_lossless(monkeypatch):
+    monkeypatch.setattr(AdaptiveK, "_learnt", {})  # cold: nothing learnt in this process (other tests use the pair)
     target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")  # the drafter is larger than the target
     prompt = "Zażółć gęślą jaźń, a potem"
     baseline = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=12), target=target).result()
@@ -217,7 +218,8 @@ def test_a_cold_run_with_a_costly_drafter_does_not_draft_and_stays_lossless():
     assert any(note.startswith("adaptive k: cold start") for note in result.notes)
 
 
-def test_a_cold_run_with_lookup_drafts_from_the_prompt_pass():
+def test_a_cold_run_with_lookup_drafts_from_the_prompt_pass(monkeypatch):
+    monkeypatch.setattr(AdaptiveK, "_learnt", {})
     target = tiny_loaded("mistral")
     prompt = "one two three, one two three, one two three, one two"
     baseline = Run(RunConfig(prompt=prompt, baseline=True, max_tokens=12), target=target).result()
