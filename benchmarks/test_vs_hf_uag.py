@@ -27,7 +27,6 @@ asserted (HF's CPU path is not the point of this comparison).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 import pytest
+
+from peer_worker import PeerWorker
 
 from specfw.config import RunConfig
 from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -102,31 +103,17 @@ def pair():
     return load_model(DEFAULT_TARGET), load_model(DEFAULT_DRAFT)
 
 
-class _HF:
+class _HF(PeerWorker):
     """transformers' worker process (``hf_uag_runner.py``), models loaded once."""
 
     def __init__(self, python: str, pair) -> None:
         target, draft = pair
-        self.proc = subprocess.Popen([python, str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        ready = self._ask({"target": str(target.path), "draft": str(draft.path), "k": K})
+        super().__init__(python, RUNNER, "the HF runner")
+        ready = self.ask({"target": str(target.path), "draft": str(draft.path), "k": K})
         self.versions = f"torch {ready['torch']}, transformers {ready['transformers']}"
 
-    def _ask(self, request: dict) -> dict:
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=60)
-            pytest.fail(f"the HF runner stopped:\n{self.proc.stderr.read()[-3000:]}")
-        return json.loads(line)
-
     def run(self, ids: list[int]) -> dict:
-        return self._ask({"prompt": ids, "max_tokens": TOKENS})
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        return self.ask({"prompt": ids, "max_tokens": TOKENS})
 
 
 def _run_specfw(pair, prompt: str, options: dict | None = None, baseline: bool = False) -> dict:

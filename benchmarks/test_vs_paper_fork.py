@@ -21,7 +21,6 @@ Every specfw output is checked against the target alone.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 import pytest
 
 from specfw.blas import blas_in_use
+from peer_worker import PeerWorker
+
 from specfw.config import RunConfig
 from specfw.datasets import load_dataset
 from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -82,30 +83,16 @@ def _prompts() -> list[str]:
     return [load_dataset(name)[index].prompt for name, index in PROMPTS]
 
 
-class _Fork:
+class _Fork(PeerWorker):
     """The fork's worker process (``fork_runner.py``), models loaded once."""
 
     def __init__(self, python: str, pair) -> None:
         target, draft = pair
-        self.proc = subprocess.Popen([python, str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env={**os.environ, **_preload()})
-        self.blas = self._ask({"target": str(target.path), "draft": str(draft.path), "k": K, "window": WINDOW})["blas"]
-
-    def _ask(self, request: dict) -> dict:
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=60)
-            pytest.fail(f"the fork's runner stopped:\n{self.proc.stderr.read()[-3000:]}")
-        return json.loads(line)
+        super().__init__(python, RUNNER, "the fork's runner", env={**os.environ, **_preload()})
+        self.blas = self.ask({"target": str(target.path), "draft": str(draft.path), "k": K, "window": WINDOW})["blas"]
 
     def run(self, prompt_ids: list[int]) -> dict:
-        return self._ask({"prompt": prompt_ids, "max_tokens": TOKENS})
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        return self.ask({"prompt": prompt_ids, "max_tokens": TOKENS})
 
 
 def _run_specfw(pair, prompt: str, baseline: bool = False) -> dict:
