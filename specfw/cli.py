@@ -249,7 +249,8 @@ def _add_fidelity_parser(sub) -> None:
     p.add_argument("--limit", type=int, help="first N texts of each --text source")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a translator setting, as for specfw run (e.g. unstable_share=0.4)")
+                   help="a translator setting, as for specfw run, given to every translator measured (e.g. "
+                   "unstable_share=0.4; whole=on replays context's whole-target cycle: k counts target ids)")
     p.set_defaults(func=cmd_fidelity)
 
 
@@ -611,8 +612,9 @@ def cmd_fidelity(args) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), ensure_ascii=False))
         return 0
+    options = "".join(f" | {key}={value}" for key, value in report.translator_options.items())
     print(f"draft {report.draft_tokenizer} -> target {report.target_tokenizer} | {report.texts} texts "
-          f"| prefix window {report.prefix_window}")
+          f"| prefix window {report.prefix_window}{options}")
     header = ("translator", "fidelity", "accepted/proposed", "cycles", "zero_new_cycles", "back_mismatches",
               "us_per_cycle")
     for k in ks:

@@ -329,6 +329,10 @@ class TextReplay:
     prompt_pass_drafted: bool = False
     emitted: list[int] = field(default_factory=list)
     from_draft: list[bool] = field(default_factory=list)
+    proposals: list[tuple[int, list[int], list[int]]] = field(default_factory=list)
+    """Per drafting cycle: (how many target ids had been generated, the draft ids, the proposed target ids)."""
+    reused: int = 0
+    """Cycles that proposed leftover draft ids instead of drafting (whole mode: the scheduler's ``take_ready``)."""
 
 
 def replay_text(
@@ -350,6 +354,16 @@ def replay_text(
     back-translated and the drafter's context rebuilt from ``(keep, append)``.
     ``allowed`` is :meth:`AllowedVocabulary.of` the translator (the drafter
     only proposes those ids, as with ``DraftSide.allowed``).
+
+    A translator with ``whole_targets`` set (``context`` with ``whole=on``)
+    gets the scheduler's whole-target cycle: k counts target ids; the drafter
+    drafts k + 1 ids, and more (at most 2k + 2 in all) until the translation
+    yields k + 1 target ids; the first k are proposed, never the last (it may
+    be a fragment). The drafted ids stay outstanding: where the
+    back-translated context is the old context followed by some of them, the
+    rest are the next cycle's draft ids (``take_ready``, up to 2k + 2),
+    without drafting. The default cycle is replayed as before (leftovers are
+    not modelled there).
     """
     stats = FidelityStats(texts=1)
     replay = TextReplay(stats)
@@ -362,17 +376,45 @@ def replay_text(
     draft_seq = list(drafter.prompt)  # the drafter's context
     first = True
     clock = time.perf_counter_ns
+    whole = bool(getattr(translator, "whole_targets", False))
+    outstanding: list[int] = []  # whole mode: the last cycle's draft ids (the scheduler's sync.outstanding)
+    ready: list[int] = []  # whole mode: outstanding ids the accepted text agrees with (sync.ready)
+
+    def unsynced_new_bytes(ids: list[int]) -> bytes:
+        proposal_bytes = decode_bytes(draft, ids)
+        unsynced = bytes(generated_bytes[synced_bytes:])  # a held-back partial character
+        return proposal_bytes[len(unsynced) :] if proposal_bytes.startswith(unsynced) else b""
+
+    def translate(ids: list[int], new: bytes) -> list[int]:
+        start = clock()
+        out = list(translator.to_target(Proposal(ids, new, target_ids)))
+        stats.translate_ns += clock() - start
+        return out
 
     while len(replay.emitted) < max_tokens:
         generated = len(replay.emitted)
         # -- draft and translate (the first cycle too: it is verified in the prompt pass)
-        draft_ids = drafter.propose(draft_seq, min(k, max_tokens - generated), allowed)
-        proposal_bytes = decode_bytes(draft, draft_ids)
-        unsynced = bytes(generated_bytes[synced_bytes:])  # a held-back partial character
-        new_bytes = proposal_bytes[len(unsynced) :] if proposal_bytes.startswith(unsynced) else b""
-        start = clock()
-        proposed: list[int] = list(translator.to_target(Proposal(draft_ids, new_bytes, target_ids)))
-        stats.translate_ns += clock() - start
+        k_now = min(k, max_tokens - generated)
+        if whole and ready:
+            draft_ids, ready = ready[: 2 * k_now + 2], []
+            replay.reused += 1
+        else:
+            draft_ids = drafter.propose(draft_seq, k_now + 1 if whole else k_now, allowed)
+        new_bytes = unsynced_new_bytes(draft_ids)
+        proposed: list[int] = translate(draft_ids, new_bytes)
+        if whole:
+            # the scheduler's loop: draft on until k + 1 target ids, at most 2k + 2 draft ids; propose the first k
+            while new_bytes and len(proposed) <= k_now and 0 < len(draft_ids) < 2 * k_now + 2:
+                more = drafter.propose(draft_seq + draft_ids, min(k_now + 1 - len(proposed),
+                                                                   2 * k_now + 2 - len(draft_ids)), allowed)
+                if not more:
+                    break
+                draft_ids = draft_ids + list(more)
+                new_bytes = unsynced_new_bytes(draft_ids)
+                proposed = translate(draft_ids, new_bytes)
+            outstanding = list(draft_ids)
+            proposed = proposed[:k_now]
+        replay.proposals.append((generated, list(draft_ids), list(proposed)))
         if draft_ids and not proposed:
             stats.zero_new_cycles += 1
 
@@ -406,7 +448,11 @@ def replay_text(
         start = clock()
         keep, append = translator.to_draft(Acceptance(new_ids, complete.decode("utf-8", errors="replace"), draft_seq))
         stats.translate_ns += clock() - start
+        old_seq = draft_seq + outstanding
         draft_seq = draft_seq[:keep] + list(append)
+        if whole and len(draft_seq) < len(old_seq) and old_seq[: len(draft_seq)] == draft_seq:
+            ready = old_seq[len(draft_seq) :]  # the accepted text ends inside the drafted ids: the rest go next
+        outstanding = []
         if not drafter.in_sync(draft_seq, bytes(generated_bytes), synced_bytes):
             stats.back_mismatches += 1  # the next cycle drafts from this context
     return replay
@@ -510,6 +556,8 @@ class FidelityReport:
     skipped: dict[str, str] = field(default_factory=dict)
     texts_skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    translator_options: dict = field(default_factory=dict)
+    """The ``--translator-option`` settings every translator was built with (``whole=on``, ...)."""
 
     def as_dict(self) -> dict:
         return {
@@ -521,6 +569,7 @@ class FidelityReport:
             "results": [r.as_dict() for r in self.results],
             "skipped": dict(self.skipped),
             "notes": list(self.notes),
+            "translator_options": dict(self.translator_options),
         }
 
 
@@ -560,7 +609,9 @@ def run_fidelity(
         if explicit or name in known:
             registry.get("translator", name)  # unknown names fail here, before any work
     names = [n for n in names if n in known]
-    report = FidelityReport(draft.name, target.name, 0, prefix_window)
+    options = dict(translator_options or {})
+    _check_options(registry, names, options)
+    report = FidelityReport(draft.name, target.name, 0, prefix_window, translator_options=options)
     if same_vocabulary(draft, target):
         replaced = ", ".join(names)
         report.notes.append(f"same tokenizer on both sides: {replaced} replaced by 'identity', as in specfw run")
@@ -610,6 +661,23 @@ def run_fidelity(
         bar.close()
     report.results.sort(key=lambda r: (r.k, names.index(r.translator)))
     return report
+
+
+def _check_options(registry, names: Sequence[str], options: dict) -> None:
+    """Refuse a translator option that none of the measured translators takes (as ``specfw run`` refuses one).
+
+    Every translator gets every option, as ``specfw run`` hands its one
+    translator all of them; one that declares no ``option_names`` (a
+    third-party one, say) may take anything.
+    """
+    declared = {name: getattr(registry.get("translator", name).cls, "option_names", None) for name in names}
+    if any(taken is None for taken in declared.values()):
+        return
+    for key in options:
+        if not any(key in taken for taken in declared.values()):
+            takes = "; ".join(f"{name} takes {', '.join(taken)}" for name, taken in declared.items() if taken)
+            raise ConfigError(f"no translator measured ({', '.join(names)}) has option '{key}'"
+                              + (f"; {takes}" if takes else "; they take none"))
 
 
 def _progress(total: int, enabled: bool):
