@@ -617,6 +617,9 @@ def run_fidelity(
         report.notes.append(f"same tokenizer on both sides: {replaced} replaced by 'identity', as in specfw run")
         names = ["identity"]
 
+    if "naive" in names and target.encode("a") != target.encode_continuation("a"):
+        report.notes.append(f"naive encodes each proposal as a sequence start: {target.name} adds its dummy-prefix "
+                            "space to it, so its first id almost never continues the text (the paper's naive condition)")
     draft_prompt, target_prompt = empty_prompt_ids(draft), empty_prompt_ids(target)
     prepared: list[PreparedText] = []
     for text in texts:

@@ -1,4 +1,4 @@
-"""specfw fidelity with ``context``'s whole-target cycle (``whole=on``, issue 21).
+"""specfw fidelity with ``context``'s whole-target cycle (``whole=on``, issue 21), and ``naive``'s 0%.
 
 The replay follows the scheduler's whole-mode rule (specfw/scheduler.py): k
 counts target ids, the drafter drafts k + 1 ids and on (at most 2k + 2) until
@@ -26,6 +26,8 @@ from specfw.fidelity import (
     replay_text,
     run_fidelity,
 )
+from specfw.protocols import Proposal
+from specfw.text import complete_utf8_prefix
 from specfw.tokenizers import decode_bytes, load_tokenizer
 
 PAIRS = [("qwen2.5", "mistral-v0.1"), ("llama3", "mistral-v0.1")]
@@ -183,3 +185,52 @@ def test_cli_shows_the_options_it_replayed_with(capsys):
     assert rc == 0
     assert out.splitlines()[0].endswith("| whole=on")
     assert "k=4" in out
+
+
+# --------------------------------------------------------------------------- naive's 0% on a dummy-prefix target
+
+
+@given(text=PROSE, k=st.integers(1, 4))
+def test_naive_adds_the_dummy_prefix_to_every_proposal_on_a_sentencepiece_target(text, k):
+    """naive encodes each proposal as a sequence start: a sentencepiece target with a dummy prefix (Mistral v0.1)
+    puts a space before it, so its first id is never the text's (0% fidelity, in real runs as in the replay);
+    the replay compares against the target's continuation tokenization, which is what a target generates."""
+    draft, target = load_tokenizer("qwen2.5"), load_tokenizer("mistral-v0.1")
+    naive = build_translator("naive", draft, target, k, 4)
+    prepared = prepare_text(text, draft, target, empty_prompt_ids(draft))
+    replay = replay_text(prepared, draft, target, naive, k, empty_prompt_ids(target))
+    assert replay.stats.accepted == 0
+    raw = text.encode("utf-8")
+    checked = 0
+    for pos, draft_ids, proposed in replay.proposals:
+        new = complete_utf8_prefix(decode_bytes(draft, draft_ids))
+        if new and raw.startswith(decode_bytes(target, prepared.target_ids[:pos]) + new):
+            assert decode_bytes(target, proposed) == b" " + new  # the dummy-prefix space, nothing else
+            assert proposed == target.encode(new.decode()) != target.encode_continuation(new.decode())
+            checked += 1
+    assert checked  # the first cycle drafts from the empty text
+
+
+@pytest.mark.parametrize("pair", [("mistral-v0.1", "qwen2.5"), ("smollm2", "gemma3")], ids="->".join)
+def test_naive_without_a_dummy_prefix_translates_like_context(pair):
+    """Where the target adds nothing at a sequence start, naive is not 0%: the replay is not what zeroes it."""
+    draft, target = load_tokenizer(pair[0]), load_tokenizer(pair[1])
+    report = run_fidelity(draft, target, POLISH_TEXTS[:8], [2], ["naive", "context"])
+    naive, context = report.results
+    assert naive.stats.fidelity > 0.5 and naive.stats.accepted > 0
+    assert not any("dummy-prefix" in note for note in report.notes)
+
+
+def test_naive_dummy_prefix_note():
+    report = run_fidelity(load_tokenizer("qwen2.5"), load_tokenizer("mistral-v0.1"), POLISH_TEXTS[:2], [2], ["naive"])
+    assert report.results[0].stats.fidelity == 0.0
+    assert any("dummy-prefix" in note and "naive" in note for note in report.notes)
+
+
+def test_naive_proposal_has_no_bos():
+    """The suspected cause (a BOS id before every proposal) is not it: encode adds no special id."""
+    draft, target = load_tokenizer("qwen2.5"), load_tokenizer("mistral-v0.1")
+    naive = build_translator("naive", draft, target, 2, 4)
+    out = naive.to_target(Proposal(draft.encode_continuation(" ma kota"), b" ma kota", empty_prompt_ids(target)))
+    assert target.bos_id not in out and not any(target.is_special(i) for i in out)
+    assert decode_bytes(target, out) == b"  ma kota"
