@@ -441,6 +441,7 @@ def cmd_run(args) -> int:
     print(
         f"specfw: {mode} cache_sync={config.cache_sync} verifier={config.verifier_name} | "
         f"generated={s.generated} cycles={s.cycles} proposed={s.proposed} accepted={s.accepted} "
+        f"verified_accepted={s.verified_accepted} "
         f"acceptance={s.acceptance_rate:.1%} | prompt={s.prompt_tokens} tok {s.prompt_s:.3f}s | "
         f"decode {s.decode_s:.3f}s {s.tps:.1f} tok/s | finish={s.finish_reason} | blas={blas_in_use().split(' ')[0]}"
         + (f" | emulated target={run.target.source}" if config.emulate_target else ""),

@@ -415,7 +415,7 @@ def speculative_steps(
             stats.cycles += 1
             stats.prompt_pass_drafted = stats.prompt_pass_drafted or first_time is None
             stats.proposed += len(proposed)
-            stats.accepted += accepted
+            stats.verified_accepted += accepted  # stats.accepted counts the accepted ids emitted (below)
             if proposed:
                 stats.count_source(source, len(proposed), accepted)
         if first_time is not None:  # the prompt pass's timings include both prefills: prompt_s holds them
@@ -438,6 +438,8 @@ def speculative_steps(
             piece = target.tokenizer.token_bytes(token_id)
             generated_bytes += piece
             stats.generated += 1
+            if i < accepted:
+                stats.count_emitted(source)
             yield Token(token_id, text_decoder.decode(piece), from_draft=i < accepted)
             if stats.generated >= max_tokens:
                 stats.finish_reason, finished = "length", True

@@ -10,7 +10,11 @@ class RunStats:
     """What one generation did.
 
     ``proposed``: target-vocabulary ids sent to verification (after
-    translation); ``accepted``: how many of them the verifier accepted;
+    translation); ``accepted``: how many of them were accepted and emitted
+    (``sum(result.from_draft)``, what ``acceptance_rate = accepted /
+    proposed`` counts); ``verified_accepted``: how many the verifier accepted,
+    including ids the last cycle then did not emit (cut by ``max_tokens``, or
+    the stop id and the ids after it), so ``verified_accepted >= accepted``;
     ``cycles``: target passes after the first token, plus the prompt pass
     when the drafter drafted for it (the first cycle drafts from the prompt;
     ``prompt_pass_drafted`` says whether it did);
@@ -27,8 +31,8 @@ class RunStats:
     propose calls, both translations, and the target passes with
     verification (the target-alone path: its steps). ``sources``: per proposal
     source (``draft``: the drafter's vocabulary, translated; ``target``: a
-    combined drafter's target-vocabulary part), the verified cycles, proposed
-    and accepted ids. ``fallback_cycles``: cycles a string-level verifier
+    combined drafter's target-vocabulary part), the verified cycles, proposed,
+    accepted (emitted) and verified_accepted ids. ``fallback_cycles``: cycles a string-level verifier
     (``slrs``) verified with the ``sample`` rule because its ψ computation
     would have exceeded its cost bound; ``psi_s``: the seconds it spent
     computing ψ (branch pass included), inside ``verify_s``. ``reused_proposals``:
@@ -41,6 +45,7 @@ class RunStats:
     cycles: int = 0
     proposed: int = 0
     accepted: int = 0
+    verified_accepted: int = 0
     generated: int = 0
     zero_new_cycles: int = 0
     prompt_tokens: int = 0
@@ -58,12 +63,21 @@ class RunStats:
     psi_s: float = 0.0
     prompt_pass_drafted: bool = False
 
-    def count_source(self, source: str, proposed: int, accepted: int) -> None:
-        """Add one verified cycle to ``sources[source]`` (cycles, proposed, accepted)."""
-        counts = self.sources.setdefault(source, {"cycles": 0, "proposed": 0, "accepted": 0})
+    def count_source(self, source: str, proposed: int, verified_accepted: int) -> None:
+        """Add one verified cycle to ``sources[source]`` (cycles, proposed, verified_accepted); its emitted
+        accepted ids are added one at a time by :meth:`count_emitted`."""
+        counts = self._source(source)
         counts["cycles"] += 1
         counts["proposed"] += proposed
-        counts["accepted"] += accepted
+        counts["verified_accepted"] += verified_accepted
+
+    def count_emitted(self, source: str) -> None:
+        """One accepted draft id was emitted: add it to ``accepted`` and ``sources[source]["accepted"]``."""
+        self.accepted += 1
+        self._source(source)["accepted"] += 1
+
+    def _source(self, source: str) -> dict[str, int]:
+        return self.sources.setdefault(source, {"cycles": 0, "proposed": 0, "accepted": 0, "verified_accepted": 0})
 
     @property
     def acceptance_rate(self) -> float:

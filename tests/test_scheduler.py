@@ -88,6 +88,54 @@ def test_stats_with_one_wrong_proposal():
     assert r.stats.acceptance_rate == pytest.approx(4 / 12)
 
 
+def _emitted_counts(r):
+    """accepted counts the emitted draft ids, verified_accepted what the verifier accepted (never fewer)."""
+    s = r.stats
+    assert s.accepted == sum(r.from_draft), s
+    assert s.verified_accepted >= s.accepted and s.acceptance_rate == (s.accepted / s.proposed if s.proposed else 0.0)
+    assert sum(c["accepted"] for c in s.sources.values()) == s.accepted
+    assert sum(c["verified_accepted"] for c in s.sources.values()) == s.verified_accepted
+    return s.accepted, s.verified_accepted
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3])
+def test_accepted_counts_what_a_stop_id_lets_out(stop_at):
+    """A perfect drafter's k = 3 ids all accepted in the prompt pass, one of them a stop id: the ids from it on
+    are verified but not emitted, so accepted counts the emitted ones and verified_accepted all three."""
+    target = tiny_loaded("mistral")
+    base = Run(RunConfig(prompt=PROMPT, baseline=True, max_tokens=12), target=target).result()
+    stop_id = base.token_ids[stop_at]
+    assert stop_id not in base.token_ids[:stop_at], "pick another prompt: the stop id occurs earlier"
+    config = RunConfig(prompt=PROMPT, k=3, max_tokens=12, drafter="replay",
+                       drafter_options={"reference": prompt_ids(target.tokenizer, PROMPT) + base.token_ids})
+    run = Run(config, target=target, draft=None)
+    run.target_side.stop_ids = frozenset({stop_id})
+    r = run.result()
+    assert r.token_ids == base.token_ids[:stop_at] and r.stats.finish_reason == "stop"
+    # stop_at 3: the stop id is the target's own id after the three, so all three are emitted
+    assert _emitted_counts(r) == (stop_at, 3)
+    assert r.stats.as_dict()["verified_accepted"] == 3
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_accepted_counts_what_max_tokens_lets_out(k):
+    """Runs cut by max_tokens at every length, through real translation (a perfect drafter in the draft
+    vocabulary): accepted is always the emitted draft ids, verified_accepted never fewer."""
+    from test_lossless import _baseline, _replay_reference
+
+    target, draft = tiny_loaded("mistral"), tiny_loaded("qwen")
+    prompt = "Zażółć gęślą jaźń w Warszawie, a potem"
+    base = _baseline(target, prompt, 12)
+    reference = _replay_reference(target, draft, prompt, base)
+    for n in range(1, 13):
+        config = RunConfig(prompt=prompt, translator="context", k=k, max_tokens=n, drafter="replay",
+                           drafter_options={"reference": reference})
+        r = Run(config, target=target, draft=draft).result()
+        assert r.token_ids == base.token_ids[:n] and r.stats.finish_reason == "length"
+        accepted, verified = _emitted_counts(r)
+        assert accepted > 0
+
+
 def test_max_tokens_and_stop_at_eos():
     target = tiny_loaded("mistral")
     for n in (1, 2, 7):
