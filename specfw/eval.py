@@ -170,6 +170,7 @@ def _record(item, condition: str, result, target, draft, baseline: EvalRecord | 
         cycles=s.cycles,
         proposed=s.proposed,
         accepted=s.accepted,
+        verified_accepted=s.verified_accepted,
         acceptance_rate=s.acceptance_rate,
         tps=s.tps,
         prompt_s=s.prompt_s,

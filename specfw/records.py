@@ -37,7 +37,7 @@ class EvalRecord(BaseModel):
     generated: int
     cycles: int
     proposed: int
-    accepted: int
+    accepted: int  # accepted draft ids that were emitted; acceptance_rate = accepted / proposed
     acceptance_rate: float
     tps: float
     prompt_s: float
@@ -52,6 +52,9 @@ class EvalRecord(BaseModel):
     # the baseline's specfw.repetition.repetition_share on this prompt (prompt ids + the target alone's ids, n = 4),
     # copied to every record of the prompt; None in records written before it was added
     repetition: Optional[float] = None
+    # ids the verifier accepted, including those the last cycle did not emit (cut by max_tokens, or the stop id and
+    # the ids after it): >= accepted; None in records written before it was added
+    verified_accepted: Optional[int] = None
 
     @property
     def is_baseline(self) -> bool:

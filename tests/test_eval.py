@@ -42,7 +42,32 @@ def test_sweep_writes_one_lossless_record_per_prompt_and_condition(prompts, tmp_
             assert r.condition == f"tiny-random-qwen2.5/{r.translator}/k{r.k}/trim"
             assert r.speedup == pytest.approx(r.tps / by_prompt[r.prompt_id].tps)
             assert r.draft_bytes and r.target_bytes
+        # accepted: the emitted draft ids; verified_accepted: the verifier's count, never fewer
+        assert r.verified_accepted is not None and r.proposed >= r.verified_accepted >= r.accepted >= 0
+        assert r.acceptance_rate == (r.accepted / r.proposed if r.proposed else 0.0)
+    assert all(r.verified_accepted == 0 for r in records if r.is_baseline)
     assert report.name == "report.md" and report.exists()
+
+
+def test_records_written_before_verified_accepted_still_load_and_resume(prompts, tmp_path):
+    """Old records (no verified_accepted) are read as None, kept as they are on resume, and reported."""
+    out = tmp_path / "out"
+    run_sweep(_sweep(prompts, out, translators=["context"], k=[2]), progress=False)
+    lines = (out / RECORDS).read_text().splitlines()
+    assert len(lines) == 6 and all("verified_accepted" in json.loads(x) for x in lines)
+    old = []
+    for line in lines[:4]:
+        record = json.loads(line)
+        del record["verified_accepted"]
+        old.append(json.dumps(record, ensure_ascii=False))
+    (out / RECORDS).write_text("\n".join(old) + "\n")
+    report = run_sweep(_sweep(prompts, out, translators=["context"], k=[2]), progress=False)
+    final = (out / RECORDS).read_text().splitlines()
+    assert final[:4] == old and len(final) == 6
+    records = read_records(out)
+    assert [r.verified_accepted for r in records[:4]] == [None] * 4
+    assert all(r.verified_accepted is not None for r in records[4:])
+    assert report.exists()
 
 
 def test_sweep_runs_drafter_plugins_and_k_policies(prompts, tmp_path):
