@@ -280,6 +280,9 @@ def test_completions_equal_specfw_run_and_the_target_alone(server, expected, tmp
     info = response.model_extra["specfw"]
     assert info["plugins"]["translator"] == "context" and info["proposed"] >= info["accepted"] >= 0
     assert info["cycles"] > 0 and 0 <= info["acceptance_rate"] <= 1
+    # accepted: the draft ids among the tokens sent; verified_accepted: the verifier's count, never fewer
+    assert info["verified_accepted"] >= info["accepted"] and info["accepted"] <= response.usage.completion_tokens
+    assert info["acceptance_rate"] == pytest.approx(info["accepted"] / info["proposed"] if info["proposed"] else 0.0)
 
     chunks = list(client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=MAX_TOKENS, stream=True,
                                             stream_options={"include_usage": True}))
@@ -300,6 +303,9 @@ def test_completions_equal_specfw_run_and_the_target_alone(server, expected, tmp
         pieces = list(got) if stream else [got]
         assert "".join(c.choices[0].text for c in pieces) == cli_text.split(stop)[0]
         assert pieces[-1].choices[0].finish_reason == "stop"
+        if not stream:  # a stop string ends the text and the count of accepted ids sent with it
+            info = got.model_extra["specfw"]
+            assert info["accepted"] <= got.usage.completion_tokens and info["verified_accepted"] >= info["accepted"]
 
     # Sampling: the seed makes a request repeatable; the verifier is the sampling one.
     sampled = [client.completions.create(model="gemma3-270m", prompt=prompt, max_tokens=6, temperature=0.9, seed=7)

@@ -506,6 +506,7 @@ class _Progress:
         self.start = time.perf_counter()
         self.first = self.last = None
         self.n = 0
+        self.drafted = 0  # of the n, the accepted draft ids: what the specfw object's accepted counts
         self.finish: str | None = None  # "stop" (a stop string) or "cancelled" once decided here
 
     def feed(self, tokens) -> bool:
@@ -513,6 +514,7 @@ class _Progress:
         for token in tokens:
             if token.id >= 0:
                 self.n += 1
+                self.drafted += token.from_draft
                 self.last = time.perf_counter()
                 self.first = self.first or self.last
             text, hit = self.stop.feed(token.text)
@@ -532,8 +534,11 @@ class _Progress:
         stats, c = run.stats, run.config
         info = SpecfwInfo(
             proposed=stats.proposed,
-            accepted=stats.accepted,
-            acceptance_rate=stats.acceptance_rate,
+            # the ids sent, as completion_tokens counts them: a stop string ends the count where it ends the
+            # text (stats.accepted may count a few more, emitted by the scheduler after it in the same cycle)
+            accepted=self.drafted,
+            verified_accepted=stats.verified_accepted,
+            acceptance_rate=self.drafted / stats.proposed if stats.proposed else 0.0,
             cycles=stats.cycles,
             tokens_per_second=(n - 1) / (last - first) if n > 1 and last > first else 0.0,
             prompt_seconds=(first or time.perf_counter()) - self.start,

@@ -207,10 +207,14 @@ class Usage(BaseModel):
 
 
 class SpecfwInfo(BaseModel):
-    """What speculative decoding did for one request (counted as ``specfw run`` counts)."""
+    """What speculative decoding did for one request (counted as ``specfw run`` counts; ``accepted`` among the
+    tokens sent, so a stop string cuts it as it cuts the text)."""
 
     proposed: int
-    accepted: int
+    accepted: int = Field(description="accepted draft ids among the completion tokens sent "
+                                      "(acceptance_rate = accepted / proposed)")
+    verified_accepted: int = Field(description="draft ids the verifier accepted, including those the last cycle did "
+                                               "not emit (cut by max_tokens, or the stop id and the ids after it)")
     acceptance_rate: float
     cycles: int
     tokens_per_second: float
