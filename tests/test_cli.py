@@ -42,8 +42,11 @@ def test_run_json_on_a_tiny_pair_is_lossless():
     assert spec.returncode == 0, spec.stderr
     out = json.loads(spec.stdout)
     for key in ("target", "draft", "translator", "k", "cache_sync", "verifier", "text", "token_ids", "generated",
-                "cycles", "proposed", "accepted", "acceptance_rate", "tps", "prompt_s", "decode_s"):
+                "cycles", "proposed", "accepted", "verified_accepted", "acceptance_rate", "tps", "prompt_s",
+                "decode_s"):
         assert key in out, key
+    # accepted: the emitted draft ids (the from_draft tokens); verified_accepted: the verifier's count
+    assert out["proposed"] >= out["verified_accepted"] >= out["accepted"] >= 0
     assert out["translator"] == "context" and out["k"] == 2 and out["cache_sync"] == "trim"
     assert out["target"] == "tiny-random-mistral" and any("random weights" in n for n in out["notes"])
     base = json.loads(_cli(*args, "--baseline").stdout)
@@ -55,6 +58,7 @@ def test_run_streams_text_to_stdout_and_stats_to_stderr():
     proc = _cli("run", *TINY, "--prompt", "Ala ma kota", "--max-tokens", "6", "--k", "3", "--cache-sync", "rewind")
     assert proc.returncode == 0, proc.stderr
     assert "acceptance=" in proc.stderr and "tok/s" in proc.stderr and "random weights" in proc.stderr
+    assert " accepted=" in proc.stderr and " verified_accepted=" in proc.stderr
     assert "acceptance=" not in proc.stdout
 
 
