@@ -136,6 +136,29 @@ def test_accepted_counts_what_max_tokens_lets_out(k):
         assert accepted > 0
 
 
+@pytest.mark.parametrize("max_tokens", [1, 2])
+def test_accepted_counts_what_max_tokens_cuts_mid_acceptance(max_tokens):
+    """k = 1 draft id that translates to several target ids, all accepted, and max_tokens cuts them.
+
+    The tiny qwen2.5 target continues this prompt with "2" "2" "2" ... (qwen2.5 spells digits one by one), and
+    the perfect drafter's first llama3 id is "222": the prompt pass verifies three accepted target ids, of
+    which max_tokens lets out only the first one or two.
+    """
+    from test_lossless import _baseline, _replay_reference
+
+    target, draft = tiny_loaded("qwen"), tiny_loaded("llama3")
+    prompt = "6 77228 139742"
+    base = _baseline(target, prompt, 12)
+    assert [target.tokenizer.token_bytes(i) for i in base.token_ids[:3]] == [b"2"] * 3, "the tiny target changed"
+    config = RunConfig(prompt=prompt, translator="context", k=1, max_tokens=max_tokens, drafter="replay",
+                       drafter_options={"reference": _replay_reference(target, draft, prompt, base)})
+    r = Run(config, target=target, draft=draft).result()
+    assert r.token_ids == base.token_ids[:max_tokens] and r.stats.finish_reason == "length"
+    assert r.from_draft == [True] * max_tokens
+    assert _emitted_counts(r) == (max_tokens, 3)
+    assert r.stats.sources["draft"] == {"cycles": 1, "proposed": 3, "accepted": max_tokens, "verified_accepted": 3}
+
+
 def test_max_tokens_and_stop_at_eos():
     target = tiny_loaded("mistral")
     for n in (1, 2, 7):
