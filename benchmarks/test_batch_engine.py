@@ -23,7 +23,7 @@ that change), interleaved prompt by prompt: decode tok/s of each.
 
 ``test_drafter_batched_vs_per_request``: what a batched drafter would save:
 ``B`` drafter rows each drafting k = 2 greedy ids on its own cache, one row at
-a time vs one :func:`specfw.batch_forward.batched_forward` per step over all rows.
+a time vs one :func:`specfw.models.batch_forward.batched_forward` per step over all rows.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ import pytest
 
 from specfw.api import batch_generate, prompt_run
 from specfw.batch import generate_runs
-from specfw.batch_forward import batched_forward
-from specfw.forward import PREFILL_CHUNK, forward_logits, prefill
-from specfw.kv_cache import make_trimmable_cache
-from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
-from specfw.models import load_model
+from specfw.models.batch_forward import batched_forward
+from specfw.models.forward import PREFILL_CHUNK, forward_logits, prefill
+from specfw.models.kv_cache import make_trimmable_cache
+from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.loading import load_model
 
 PROMPTS = ["The capital of France is", "Once upon a time, there was a little", "Water boils at a temperature of",
            "The three primary colours are"]

@@ -15,9 +15,9 @@ import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 import pytest
 
 from specfw.config import RunConfig
-from specfw.datasets import load_dataset
-from specfw.model_store import DEFAULT_TARGET
-from specfw.models import load_model
+from specfw.study.datasets import load_dataset
+from specfw.models.store import DEFAULT_TARGET
+from specfw.models.loading import load_model
 from specfw.run import Run
 
 TOKENS = 48

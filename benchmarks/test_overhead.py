@@ -19,7 +19,7 @@ from mlx_lm.generate import generate_step
 
 from specfw.config import RunConfig
 import os
-from specfw.models import load_model
+from specfw.models.loading import load_model
 from specfw.run import Run, prompt_ids
 
 PROMPT = "Stolicą Polski jest Warszawa. Najdłuższą rzeką w Polsce jest"

@@ -35,7 +35,7 @@ import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 import pytest
 
 from specfw.config import RunConfig
-from specfw.models import load_model
+from specfw.models.loading import load_model
 from specfw.run import Run
 
 PROMPTS = ["The capital of France is", "Once upon a time, there was a little"]

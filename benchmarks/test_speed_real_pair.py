@@ -13,7 +13,7 @@ most frequent ids). Every output must equal the target alone (asserted). It
 prints one table per set: speedup = the target alone's total time ÷ the
 condition's total time for the same tokens, tokens/s, accepted per cycle,
 acceptance, the k chosen, and the set's repetition (the mean share of the target alone's generated ids
-that continue a 4-gram already in the prompt or the earlier output, ``specfw.repetition``: the text a
+that continue a 4-gram already in the prompt or the earlier output, ``specfw.study.repetition``: the text a
 copying drafter can reuse); then paired rows (``PAIRS``): the hybrid's speedup over
 each of its parts on the same prompts, with a 95% interval from resampling the prompts.
 
@@ -21,7 +21,7 @@ Environment: ``SPECFW_SPEED_PROMPTS`` (16), ``SPECFW_SPEED_TOKENS`` (64),
 ``SPECFW_SPEED_REPEATS`` (1: each run is repeated this many times back to back and the fastest kept, which
 takes out most of what other processes on the machine add), ``SPECFW_SPEED_SETS`` (comma-separated bundled sets:
 pl-questions, pl-grammar, en-prompts, en-prose, pl-prose, code, rewrite), ``SPECFW_SPEED_CONDITIONS``
-(comma-separated names from CONDITIONS), ``SPECFW_SPEED_EMULATE`` (a shape for ``specfw.emulation``, e.g.
+(comma-separated names from CONDITIONS), ``SPECFW_SPEED_EMULATE`` (a shape for ``specfw.models.emulation``, e.g.
 ``llama-3.2-1b``: the target's passes cost what that larger model's cost, its output stays the real target's;
 a study tool, named so in the report), ``SPECFW_SPEED_OUT`` (a folder:
 append to ``records.jsonl``, one line per run, and write ``report.md`` there for every set the folder
@@ -42,19 +42,19 @@ from pathlib import Path
 import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 import pytest
 
-from specfw.blas import blas_in_use
+from specfw.models.blas import blas_in_use
 from specfw.config import RunConfig
-from specfw.datasets import load_dataset
-from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
-from specfw.models import load_model
-from specfw.repetition import repetition_share
+from specfw.study.datasets import load_dataset
+from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.loading import load_model
+from specfw.study.repetition import repetition_share
 from specfw.run import Run, prompt_ids
 
 SETS = os.environ.get("SPECFW_SPEED_SETS", "pl-questions,pl-grammar,en-prompts").split(",")
 PROMPTS = int(os.environ.get("SPECFW_SPEED_PROMPTS", "16"))
 TOKENS = int(os.environ.get("SPECFW_SPEED_TOKENS", "64"))
 REPEATS = int(os.environ.get("SPECFW_SPEED_REPEATS", "1"))
-# a study tool: a random-weight shadow of this shape behind the target (specfw.emulation), e.g. llama-3.2-1b
+# a study tool: a random-weight shadow of this shape behind the target (specfw.models.emulation), e.g. llama-3.2-1b
 EMULATE = os.environ.get("SPECFW_SPEED_EMULATE") or None
 # name -> RunConfig fields (None: the target alone)
 CONDITIONS = {
@@ -80,7 +80,7 @@ if os.environ.get("SPECFW_SPEED_CONDITIONS"):
 def pair():
     target = load_model(DEFAULT_TARGET)
     if EMULATE:
-        from specfw.emulation import shadowed
+        from specfw.models.emulation import shadowed
 
         target = shadowed(target, EMULATE)
     return target, load_model(DEFAULT_DRAFT)

@@ -21,8 +21,8 @@ import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 import pytest
 
 from specfw.config import RunConfig
-from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
-from specfw.models import load_model
+from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.loading import load_model
 from specfw.run import Run
 
 PROMPT = "The capital of France is"

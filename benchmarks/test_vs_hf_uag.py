@@ -38,8 +38,8 @@ import pytest
 from peer_worker import PeerWorker
 
 from specfw.config import RunConfig
-from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
-from specfw.models import load_model
+from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.loading import load_model
 from specfw.run import Run, prompt_ids
 
 K, TOKENS = 2, 48

@@ -29,13 +29,13 @@ from pathlib import Path
 import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 import pytest
 
-from specfw.blas import blas_in_use
+from specfw.models.blas import blas_in_use
 from peer_worker import PeerWorker
 
 from specfw.config import RunConfig
-from specfw.datasets import load_dataset
-from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
-from specfw.models import load_model
+from specfw.study.datasets import load_dataset
+from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.loading import load_model
 from specfw.run import Run, prompt_ids
 
 K, WINDOW, TOKENS, ROUNDS = 2, 8, 48, 3

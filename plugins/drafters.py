@@ -11,9 +11,9 @@ import mlx.core as mx
 from mlx_lm.models.cache import trim_prompt_cache
 
 from specfw.errors import PluginError
-from specfw.forward import ForwardRequest, answer
+from specfw.models.forward import ForwardRequest, answer
 from specfw.hookspecs import hookimpl
-from specfw.kv_cache import make_trimmable_cache
+from specfw.models.kv_cache import make_trimmable_cache
 from specfw.protocols import DrafterSetup
 from specfw_plugins.draft_model_options import RestrictedHead, head_ids, quantized_copy
 from specfw_plugins.verifiers import filtered_logits
@@ -115,7 +115,7 @@ class MLXDrafter:
 
     def propose_steps(self, pending: Sequence[int], k: int,
                       allowed: mx.array | None = None) -> Generator[ForwardRequest, mx.array, list[int]]:
-        """:meth:`propose` as a coroutine: yields a draft :class:`~specfw.forward.ForwardRequest` for each step
+        """:meth:`propose` as a coroutine: yields a draft :class:`~specfw.models.forward.ForwardRequest` for each step
         (the first feeds ``pending``, each later one the previous proposal, lazily) and returns the proposals.
 
         A batching driver answers many drafters' steps on the same model in one pass; :meth:`propose` answers

@@ -334,7 +334,7 @@ def register_translators(register):
 
 def load_pair_tokenizer(spec: str) -> Tokenizer:
     """A tokenizer from a registry name, a tokenizer file or folder, or a known model name (imported on first use)."""
-    from specfw.model_store import KNOWN_MODELS, ensure_model
+    from specfw.models.store import KNOWN_MODELS, ensure_model
     from specfw.tokenizers import load_tokenizer
 
     if spec in KNOWN_MODELS:
@@ -343,13 +343,13 @@ def load_pair_tokenizer(spec: str) -> Tokenizer:
 
 
 def coverage_table(pairs: Sequence[tuple[str, str]], datasets: Sequence[str], limit: int | None = None) -> list[dict]:
-    """:func:`corpus_coverage` of every (draft, target) pair on every dataset (``specfw.datasets`` specs).
+    """:func:`corpus_coverage` of every (draft, target) pair on every dataset (``specfw.study.datasets`` specs).
 
     Each row is the coverage dict plus ``draft``, ``target`` and ``dataset``;
     besides each single dataset, a row with ``dataset`` = ``"+".join(datasets)``
     covers all of them together when there are several.
     """
-    from specfw.datasets import load_dataset
+    from specfw.study.datasets import load_dataset
 
     texts = {name: [item.prompt for item in load_dataset(name, limit)] for name in datasets}
     groups = dict(texts)

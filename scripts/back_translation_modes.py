@@ -31,9 +31,9 @@ from collections import defaultdict
 
 import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 from specfw.config import RunConfig
-from specfw.datasets import load_dataset
-from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
-from specfw.models import load_model
+from specfw.study.datasets import load_dataset
+from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.loading import load_model
 from specfw.run import Run
 
 SETS = "pl-questions,pl-prose,pl-grammar,en-prompts,en-prose,code,rewrite"
@@ -67,7 +67,7 @@ def main() -> None:
         variants[name] = dict(item.split("=", 1) for item in options.split(",") if item)
     target, draft = load_model(DEFAULT_TARGET), load_model(DEFAULT_DRAFT)
     if args.emulate:
-        from specfw.emulation import shadowed
+        from specfw.models.emulation import shadowed
         target = shadowed(target, args.emulate)
     for options in variants.values():  # warm up (first graph builds, allocations) outside the timed runs
         _run(target, draft, "Warm up.", argparse.Namespace(k=args.k, max_tokens=8), options)

@@ -38,7 +38,7 @@ MODELS = ("gemma3-270m", "smollm2-135m-instruct")
 def prompts(n: int, names: list[str], per_set: int | None = None) -> tuple[list[tuple[str, str]], list[str]]:
     """``n`` prompts taken in turn from the bundled sets (those that load), or the first ``per_set`` of each,
     and two more (each set's last) to seed the priors."""
-    from specfw.datasets import load_dataset
+    from specfw.study.datasets import load_dataset
     from specfw.errors import SpecfwError
 
     sets = []
@@ -92,7 +92,7 @@ def main() -> int:
                     help="a model cache whose priors file the priors side uses (e.g. after 'specfw tune', whose "
                     "recommendation then fills --drafter/--translator/--k); default: a fresh one, seeded")
     args = ap.parse_args()
-    from specfw.models import cache_dir
+    from specfw.models.loading import cache_dir
 
     models = args.models or cache_dir()
     for name in MODELS:

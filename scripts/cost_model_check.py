@@ -12,7 +12,7 @@ with tokens per cycle = generated ÷ cycles of each run (the paper's 1 + kα, co
 over the set's prompts: predicted total time = Σ cycles × (1 + ... ) × T, baseline = Σ generated × T.
 
 Then the break-even acceptance α* per set and fixed k three ways: the OLS of per-prompt tokens/s on
-acceptance (the paper's Eq. 1-2, ``specfw.analysis.ols_break_even``, with its 95% delta-method interval), the
+acceptance (the paper's Eq. 1-2, ``specfw.study.analysis.ols_break_even``, with its 95% delta-method interval), the
 cost model's ((k + 1) r + c k²) / k from the measured r and c, and the paper's M2 Pro figures (its Table 5
 OLS range and Table 7 formula, r = 0.07, c = 0.17).
 
@@ -79,7 +79,7 @@ PAPER_M2_PRO = {2: ("38-53%", "44%"), 4: ("77-92%", "81%")}  # Table 5 OLS range
 
 
 def _break_even(records: list[dict], r: float, c: dict[int, float]) -> None:
-    from specfw.analysis import break_even_alpha, ols_break_even
+    from specfw.study.analysis import break_even_alpha, ols_break_even
 
     by_prompt = {(rec["dataset"], rec["prompt_id"], rec["condition"]): rec for rec in records}
     print()

@@ -2,7 +2,7 @@
 
 Reads the speed benchmark's ``records.jsonl`` (``SPECFW_SPEED_OUT``); speedup = the target alone's total
 seconds over the set ÷ the condition's (same prompts, same tokens); each set's label carries its repetition
-(the mean share of the target alone's ids that continue a 4-gram already seen, ``specfw.repetition``).
+(the mean share of the target alone's ids that continue a 4-gram already seen, ``specfw.study.repetition``).
 
     python scripts/plot_speed_study.py docs/results/STUDY/records.jsonl docs/results/STUDY/speedups.png
 """

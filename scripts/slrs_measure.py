@@ -49,8 +49,8 @@ def _key(row: dict) -> tuple:
 def measure(args) -> None:
     import specfw  # noqa: F401  (BLAS before MLX)
     from specfw.config import RunConfig
-    from specfw.datasets import load_dataset
-    from specfw.models import load_model
+    from specfw.study.datasets import load_dataset
+    from specfw.models.loading import load_model
     from specfw.run import Run
 
     out = Path(args.out)

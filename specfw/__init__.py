@@ -19,7 +19,7 @@ Library use::
 (:mod:`specfw.batch`), each as it would alone.
 """
 
-from specfw.blas import load_optimized_blas
+from specfw.models.blas import load_optimized_blas
 
 load_optimized_blas()  # must run before MLX is first imported
 
@@ -45,7 +45,7 @@ def __getattr__(name: str):
 
         return BatchEngine
     if name == "PromptCache":
-        from specfw.prompt_cache import PromptCache
+        from specfw.models.prompt_cache import PromptCache
 
         return PromptCache
     raise AttributeError(name)

@@ -28,7 +28,7 @@ import mlx.core as mx
 
 from specfw.config import RunConfig
 from specfw.errors import ConfigError
-from specfw.models import LoadedModel, load_model
+from specfw.models.loading import LoadedModel, load_model
 from specfw.run import Run
 from specfw.text import common_prefix_len
 from specfw.tokenizers import Tokenizer, load_tokenizer, same_vocabulary

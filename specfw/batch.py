@@ -10,11 +10,11 @@ seed and stop ids. Each :meth:`BatchEngine.cycle`:
 2. answers the drafters' passes in rounds: each round, every generation whose
    drafter asks for a pass (its catch-up and first draft step, or a later
    step on its previous proposal) is forwarded, those on the same draft model
-   in **one** :func:`~specfw.batch_forward.batched_forward` call, and runs
+   in **one** :func:`~specfw.models.batch_forward.batched_forward` call, and runs
    on to its next draft step or its target pass (a drafter without
    ``propose_steps``, and drafting ahead, run directly inside the generation);
 3. answers every active generation's pending target pass (its ragged proposal,
-   or one id for a plain step) with **one** :func:`specfw.batch_forward.batched_forward`
+   or one id for a plain step) with **one** :func:`specfw.models.batch_forward.batched_forward`
    call (a lone generation gets a plain ``forward_logits`` pass);
 4. sends each its logits and runs it on (verification, per-row cache rollback,
    emitted tokens) until it asks for its next pass or ends.
@@ -30,7 +30,7 @@ coroutine raises fails alone (:attr:`Generation.error`); the others go on.
 
 Under batching each generation decodes without the single path's plain-step
 overlap (a plain step's forward is not queued before its id is read).
-A :class:`~specfw.prompt_cache.PromptCache` works per generation: give each
+A :class:`~specfw.models.prompt_cache.PromptCache` works per generation: give each
 concurrent generation its own.
 """
 
@@ -42,9 +42,9 @@ from typing import Any, Iterable, Sequence
 
 import mlx.core as mx
 
-from specfw.batch_forward import batched_forward
-from specfw.forward import forward_logits
-from specfw.prompt_cache import PromptCache
+from specfw.models.batch_forward import batched_forward
+from specfw.models.forward import forward_logits
+from specfw.models.prompt_cache import PromptCache
 from specfw.run import Run, RunResult
 from specfw.scheduler import ForwardRequest, Steps, Token
 

@@ -72,7 +72,7 @@ def _add_priors_flag(p) -> None:
 
 
 def _add_emulate_flag(p) -> None:
-    from specfw.emulation import SHAPES
+    from specfw.models.emulation import SHAPES
 
     p.add_argument("--emulate-target", metavar="SHAPE",
                    help="study tool: forward a random-weight model of this shape beside the target on every target "
@@ -412,7 +412,7 @@ def _run_config(args, prompt: str, chat: bool = False):
 
 
 def cmd_run(args) -> int:
-    from specfw.blas import blas_in_use
+    from specfw.models.blas import blas_in_use
     from specfw.run import Run
 
     if args.cache_dir:
@@ -491,7 +491,7 @@ def _log(line: str) -> None:
 
 
 def cmd_models(args) -> int:
-    from specfw import model_store
+    from specfw.models import store as model_store
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
@@ -524,7 +524,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from specfw.eval import SweepConfig, load_sweep_file, run_sweep
+    from specfw.study.eval import SweepConfig, load_sweep_file, run_sweep
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
@@ -556,7 +556,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from specfw.tune import select_prompts, tune
+    from specfw.study.tune import select_prompts, tune
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
@@ -574,7 +574,7 @@ def cmd_tune(args) -> int:
 
 
 def cmd_eval_report(args) -> int:
-    from specfw.report import write_report
+    from specfw.study.report import write_report
 
     out = Path(args.out)
     if not (out / "records.jsonl").exists():
@@ -594,7 +594,7 @@ def _draft_lengths(text: str) -> list[int]:
 
 
 def cmd_fidelity(args) -> int:
-    from specfw.fidelity import load_texts, run_fidelity
+    from specfw.study.fidelity import load_texts, run_fidelity
     from specfw.tokenizers import load_tokenizer
 
     if not args.draft_tokenizer or not args.target_tokenizer:
@@ -638,8 +638,8 @@ def cmd_fidelity(args) -> int:
 
 
 def cmd_bench_overhead(args) -> int:
-    from specfw.bench import DEFAULT_PROMPT, format_overhead, overhead
-    from specfw.model_store import DEFAULT_TARGET
+    from specfw.study.bench import DEFAULT_PROMPT, format_overhead, overhead
+    from specfw.models.store import DEFAULT_TARGET
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
@@ -653,9 +653,9 @@ def cmd_bench_overhead(args) -> int:
 
 
 def cmd_bench_costs(args) -> int:
-    from specfw.bench import costs, format_costs
-    from specfw.emulation import parse_shape
-    from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
+    from specfw.study.bench import costs, format_costs
+    from specfw.models.emulation import parse_shape
+    from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir

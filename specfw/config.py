@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 def known_shape(value: Optional[str]) -> Optional[str]:
     """A pydantic check of an ``emulate_target`` shape (``NAME`` or ``NAME:layers=N``)."""
     if value is not None:
-        from specfw.emulation import parse_shape
+        from specfw.models.emulation import parse_shape
         from specfw.errors import ConfigError
 
         try:
@@ -66,7 +66,7 @@ class RunConfig(BaseModel):
     emulate_target: Optional[str] = Field(
         None, description="study tool: a shadow model of this shape (e.g. 'llama-3.2-1b', 'mistral-7b:layers=8'; "
         "random weights) is forwarded on every target pass so each pass costs what a larger target's does; "
-        "output stays the real target's (see specfw.emulation)")
+        "output stays the real target's (see specfw.models.emulation)")
     priors: bool = Field(False, description="the adaptive k policy reads and writes what it learnt in the priors "
                          "file of the model cache (see specfw.priors); the command line sets it (off with "
                          "--no-priors), library use opts in")

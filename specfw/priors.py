@@ -42,7 +42,7 @@ _warned: set[str] = set()
 
 
 def priors_path() -> Path:
-    from specfw.models import cache_dir
+    from specfw.models.loading import cache_dir
 
     return cache_dir() / FILE_NAME
 
@@ -51,7 +51,7 @@ def device_key() -> str:
     """MLX's default device, the BLAS in use, the machine and its CPU count."""
     import mlx.core as mx
 
-    from specfw.blas import blas_in_use
+    from specfw.models.blas import blas_in_use
 
     return f"{mx.default_device()} | {blas_in_use()} | {platform.machine()} | {os.cpu_count()} cpus"
 
@@ -175,7 +175,7 @@ RECOMMENDED_FIELDS = ("drafter", "translator", "k_policy", "k")
 def recommendation_key(target: str | None, draft: str | None) -> str:
     """The recommendation's key; None for both names the default pair."""
     if target is None and draft is None:
-        from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
+        from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
 
         target, draft = DEFAULT_TARGET, DEFAULT_DRAFT
     return f"{device_key()} || {target} || {draft}"

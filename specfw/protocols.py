@@ -106,7 +106,7 @@ class Drafter(Protocol):
 
     Optional, for drafting in batches: ``propose_steps(pending, k, allowed)``,
     :meth:`propose` as a generator that yields a
-    :class:`~specfw.forward.ForwardRequest` (``draft=True``, its ``model``) for
+    :class:`~specfw.models.forward.ForwardRequest` (``draft=True``, its ``model``) for
     each of its forward passes, receives their logits and returns the
     proposals. The scheduler then uses it instead of :meth:`propose`: one
     generation's driver answers each request directly, a batching driver

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from specfw.blas import blas_in_use
+from specfw.models.blas import blas_in_use
 from specfw.config import RunConfig
-from specfw.emulation import emulated_shape, emulation_of, shadowed
+from specfw.models.emulation import emulated_shape, emulation_of, shadowed
 from specfw.errors import ConfigError, PluginError, SpecfwError
-from specfw.models import LoadedModel, load_model, model_path
+from specfw.models.loading import LoadedModel, load_model, model_path
 from specfw.plugins import Registry, get_registry
-from specfw.prompt_cache import PromptCache
+from specfw.models.prompt_cache import PromptCache
 from specfw.protocols import CacheSyncSetup, DrafterSetup, KPolicySetup, TranslatorSetup, VerifierSetup
 from specfw.scheduler import DraftSide, Steps, TargetSide, Token, speculative_stream, speculative_steps
 from specfw.stats import RunStats
@@ -134,7 +134,7 @@ class Run:
         if target is None and c.target is None:
             if c.draft is not None:
                 raise ConfigError("--draft needs --target too (or neither, for the default pair)")
-            from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
+            from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
 
             if needs_draft_model or c.baseline:
                 self.notes.append(f"default pair: target {DEFAULT_TARGET}, drafter {DEFAULT_DRAFT}")
@@ -212,7 +212,7 @@ class Run:
         if self.draft is not None:
             draft_tok = self.draft.tokenizer
         elif c.draft is not None:  # a model-free drafter in the draft model's vocabulary: its tokenizer only
-            from specfw.model_store import KNOWN_MODELS
+            from specfw.models.store import KNOWN_MODELS
 
             draft_tok = load_tokenizer(model_path(c.draft, log=self.log) if c.draft in KNOWN_MODELS else c.draft)
         else:

@@ -55,9 +55,9 @@ from typing import Generator, Iterator, Sequence
 
 import mlx.core as mx
 
-from specfw.forward import ForwardRequest, forward_logits, prefill
-from specfw.kv_cache import make_trimmable_cache
-from specfw.prompt_cache import PromptCache
+from specfw.models.forward import ForwardRequest, forward_logits, prefill
+from specfw.models.kv_cache import make_trimmable_cache
+from specfw.models.prompt_cache import PromptCache
 from specfw.protocols import Acceptance, CacheSync, CycleReport, DraftStrings, KPolicy, Drafter, Proposal, Translator, Verifier
 from specfw.stats import RunStats
 from specfw.text import common_prefix_len, complete_utf8_prefix
@@ -231,7 +231,7 @@ def speculative_stream(
     """Generate up to ``max_tokens`` target ids; with ``draft`` None, the target alone.
 
     The cycle is :func:`speculative_steps`; this drives it alone, answering
-    each of its forward requests with :func:`specfw.forward.forward_logits`
+    each of its forward requests with :func:`specfw.models.forward.forward_logits`
     (lazily, so a plain step queued ahead overlaps as in mlx-lm).
     """
     steps = speculative_steps(target, draft, max_tokens, stats, prompt_cache, overlap=True)

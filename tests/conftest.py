@@ -40,11 +40,11 @@ TINY = {
 
 @lru_cache(maxsize=None)
 def tiny_loaded(key: str):
-    """A :class:`specfw.models.LoadedModel` for one of the TINY entries (in memory, not on disk)."""
+    """A :class:`specfw.models.loading.LoadedModel` for one of the TINY entries (in memory, not on disk)."""
     from pathlib import Path
 
-    from specfw.embedded import tiny_model
-    from specfw.models import LoadedModel
+    from specfw.models.embedded import tiny_model
+    from specfw.models.loading import LoadedModel
     from specfw.tokenizers import load_tokenizer
 
     model_type, tok_name, hidden, layers, seed = TINY[key]

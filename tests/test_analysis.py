@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from specfw.analysis import (
+from specfw.study.analysis import (
     Condition,
     break_even_alpha,
     break_even_table,
@@ -24,7 +24,7 @@ from specfw.analysis import (
     ols_break_even,
 )
 from specfw.errors import SpecfwError
-from specfw.records import EvalRecord, condition_name
+from specfw.study.records import EvalRecord, condition_name
 
 TARGET_BYTES = 11_300_000_000
 DRAFT_BYTES = 791_000_000  # r = 0.07 exactly, the paper's ratio

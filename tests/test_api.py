@@ -15,7 +15,7 @@ import specfw
 from specfw.api import PromptRun, as_specfw_tokenizer, encode_prompt
 from specfw.config import RunConfig
 from specfw.errors import ConfigError
-from specfw.prompt_cache import PromptCache
+from specfw.models.prompt_cache import PromptCache
 from specfw.run import Run, RunResult, prompt_ids
 
 from conftest import tiny_loaded
@@ -156,7 +156,7 @@ def mlx_lm_tokenizers(real_pair, session_cache):
     """mlx-lm's own TokenizerWrapper objects for the same folders (what mlx_lm.load returns)."""
     from mlx_lm.utils import load_tokenizer
 
-    from specfw.model_store import model_path
+    from specfw.models.store import model_path
 
     return load_tokenizer(model_path("gemma3-270m")), load_tokenizer(model_path("smollm2-135m-instruct"))
 

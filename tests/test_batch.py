@@ -16,7 +16,7 @@ from hypothesis import given, strategies as st
 import specfw
 from specfw.batch import BatchEngine, generate_runs
 from specfw.config import RunConfig
-from specfw.prompt_cache import PromptCache
+from specfw.models.prompt_cache import PromptCache
 from specfw.run import Run
 from specfw_plugins.lookup import LookupDrafter
 
@@ -297,7 +297,7 @@ def test_batch_generate_in_mlx_lm_shape_with_per_prompt_requests():
 @pytest.mark.slow
 def test_real_pair_batch_equals_each_alone():
     """The default pair: mixed drafters and translators in one batch, each the target alone's ids."""
-    from specfw.models import load_model
+    from specfw.models.loading import load_model
 
     target, draft = load_model("gemma3-270m"), load_model("smollm2-135m-instruct")
     prompts = ["The capital of France is", "Stolicą Polski jest", "Once upon a time, there was a little",

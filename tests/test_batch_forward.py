@@ -18,9 +18,9 @@ import mlx.core as mx
 import pytest
 from hypothesis import given, strategies as st
 
-from specfw.batch_forward import batched_forward
-from specfw.forward import forward_logits, prefill
-from specfw.kv_cache import make_trimmable_cache
+from specfw.models.batch_forward import batched_forward
+from specfw.models.forward import forward_logits, prefill
+from specfw.models.kv_cache import make_trimmable_cache
 
 from conftest import tiny_loaded
 from test_sliding_window import WINDOW, sliding_loaded
@@ -117,7 +117,7 @@ def test_refuses_rows_it_cannot_forward():
 @pytest.mark.slow
 def test_real_target_rows_equal_each_row_alone():
     """Gemma-3-270M (the default target): ragged rows, one with 530 cached positions (past its 512 window)."""
-    from specfw.models import load_model
+    from specfw.models.loading import load_model
 
     target = load_model("gemma3-270m")
     assert target.model.args.sliding_window < 530

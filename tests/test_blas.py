@@ -1,4 +1,4 @@
-"""specfw.blas: which BLAS MLX ends up with, and the one-line hint on the reference BLAS.
+"""specfw.models.blas: which BLAS MLX ends up with, and the one-line hint on the reference BLAS.
 
 Each case runs in a fresh interpreter (the BLAS is chosen once per process,
 before MLX is imported). The hint is only written to a terminal, so those
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-import specfw.blas
-from specfw.blas import CANDIDATES, FIX_OPENBLAS, HINT, _find_mkl, _find_openblas, hint_fix
+import specfw.models.blas
+from specfw.models.blas import CANDIDATES, FIX_OPENBLAS, HINT, _find_mkl, _find_openblas, hint_fix
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the BLAS preload and its hint are Linux-only")
 HINT_START = HINT.split("{")[0]  # "specfw: note: MLX runs on the reference BLAS"
@@ -60,7 +60,7 @@ def _python(code: str, env: dict, terminal: bool) -> tuple[str, str]:
     return proc.stdout, err
 
 
-CHOOSE_TWICE = "import specfw, specfw.blas as b; b.load_optimized_blas(); print(b.load_optimized_blas())"
+CHOOSE_TWICE = "import specfw, specfw.models.blas as b; b.load_optimized_blas(); print(b.load_optimized_blas())"
 
 
 @linux_only
@@ -97,7 +97,7 @@ def test_no_hint_and_no_preload_on_macos():
     # blas.py alone (stdlib only), since the rest of Python's startup on Linux cannot pass for macOS
     code = (
         "import sys, importlib.util; sys.platform = 'darwin'\n"
-        f"spec = importlib.util.spec_from_file_location('blas', {specfw.blas.__file__!r})\n"
+        f"spec = importlib.util.spec_from_file_location('blas', {specfw.models.blas.__file__!r})\n"
         "b = importlib.util.module_from_spec(spec); spec.loader.exec_module(b)\n"
         "b.load_optimized_blas(); print(b.load_optimized_blas())"
     )
@@ -107,7 +107,7 @@ def test_no_hint_and_no_preload_on_macos():
 
 
 MATMUL_AND_DESCRIBE = (
-    "import specfw, specfw.blas as b; import mlx.core as mx, numpy as np\n"
+    "import specfw, specfw.models.blas as b; import mlx.core as mx, numpy as np\n"
     "a = np.arange(64 * 48, dtype=np.float32).reshape(64, 48) / 1000; c = np.ones((48, 32), np.float32)\n"
     "assert np.allclose(np.array(mx.array(a) @ mx.array(c)), a @ c, rtol=1e-5)\n"
     "print(b.blas_in_use())"

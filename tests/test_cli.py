@@ -110,8 +110,8 @@ def test_empty_prompt(capsys):
 
 
 def test_prompt_longer_than_context(capsys, tmp_path):
-    from specfw.model_store import ensure_model
-    from specfw.models import read_config
+    from specfw.models.store import ensure_model
+    from specfw.models.loading import read_config
 
     limit = read_config(ensure_model("tiny-random-mistral"))["max_position_embeddings"]
     prompt = tmp_path / "long.txt"

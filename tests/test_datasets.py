@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from specfw.datasets import BUNDLED, REWRITE_KINDS, PromptItem, load_dataset, quoted_names, split_sentences
+from specfw.study.datasets import BUNDLED, REWRITE_KINDS, PromptItem, load_dataset, quoted_names, split_sentences
 from specfw.errors import SpecfwError
 
 POLISH_LETTERS = set("ąćęłńóśźżĄĆĘŁŃÓŚŹŻ")
@@ -115,7 +115,7 @@ def test_pl_grammar_limit() -> None:
 
 
 def test_pl_grammar_without_the_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import specfw.datasets as module
+    import specfw.study.datasets as module
 
     module._load_pl_grammar.cache_clear()
     monkeypatch.setitem(sys.modules, "lingotweaker_data_pl", None)  # makes the import fail
@@ -130,7 +130,7 @@ def test_pl_grammar_without_the_package_says_what_to_install(monkeypatch: pytest
 def test_grammar_examples_parsing_rules() -> None:
     import xml.etree.ElementTree as ET
 
-    from specfw.datasets import grammar_examples
+    from specfw.study.datasets import grammar_examples
 
     root = ET.fromstring(
         """<rules><category id="C">
@@ -158,7 +158,7 @@ STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
 def _clear_source_caches() -> None:
-    import specfw.datasets as module
+    import specfw.study.datasets as module
 
     for loader in (module._load_pl_grammar, module._pydoc_paragraphs, module._load_en_prose, module._load_pl_prose,
                    module._load_code, module._load_rewrite):
@@ -260,7 +260,7 @@ def test_code_edits_hold_the_function_the_answer_repeats() -> None:
 
 
 def test_code_without_the_stdlib_source_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import specfw.datasets as module
+    import specfw.study.datasets as module
 
     _clear_source_caches()
     monkeypatch.setattr(module.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})

@@ -16,11 +16,11 @@ from mlx_lm.models.cache import make_prompt_cache
 
 from specfw.cli import main
 from specfw.config import RunConfig
-from specfw.emulation import (SHAPES, ShadowedModel, Shape, build_shadow, check_fits, emulation_of,
+from specfw.models.emulation import (SHAPES, ShadowedModel, Shape, build_shadow, check_fits, emulation_of,
                               parameter_count, parse_shape, shadowed)
 from specfw.errors import ConfigError
-from specfw.eval import SweepConfig, read_records, run_sweep
-from specfw.prompt_cache import PromptCache
+from specfw.study.eval import SweepConfig, read_records, run_sweep
+from specfw.models.prompt_cache import PromptCache
 from specfw.run import Run
 
 from conftest import tiny_loaded

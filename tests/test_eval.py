@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from specfw import eval as specfw_eval
+from specfw.study import eval as specfw_eval
 from specfw.cli import main
 from specfw.errors import ConfigError
-from specfw.eval import RECORDS, SweepConfig, load_sweep_file, read_records, run_sweep
+from specfw.study.eval import RECORDS, SweepConfig, load_sweep_file, read_records, run_sweep
 
 TINY = dict(target="tiny-random-mistral", drafts=["tiny-random-qwen2.5"])
 

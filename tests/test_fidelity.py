@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from specfw.cli import main
 from specfw.errors import ConfigError, PluginError
-from specfw.fidelity import (
+from specfw.study.fidelity import (
     AllowedVocabulary,
     FidelityStats,
     PerfectDrafter,
@@ -419,13 +419,13 @@ KNOWN_MODEL_TOKENIZERS = {"smollm2": ("smollm2-135m-instruct", 49152), "gemma3":
 
 @pytest.mark.parametrize("name", list(KNOWN_MODEL_TOKENIZERS))
 def test_known_model_tokenizers_match_the_model_folder(name):
-    from specfw.model_store import ensure_model
-    from specfw.models import read_config
+    from specfw.models.store import ensure_model
+    from specfw.models.loading import read_config
 
     model, vocab = KNOWN_MODEL_TOKENIZERS[name]
     tok = load_tokenizer(name)
     folder = ensure_model(model)
-    reference = load_tokenizer(folder)  # what specfw.models.load_model gives the model
+    reference = load_tokenizer(folder)  # what specfw.models.loading.load_model gives the model
     assert tok.name == name and tok.vocab_size == vocab
     assert tok.fingerprint == reference.fingerprint
     assert (tok.bos_id, tok.add_bos, tok.eos_ids) == (reference.bos_id, reference.add_bos, reference.eos_ids)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from specfw.cli import main
 from specfw.errors import ConfigError
-from specfw.fidelity import (
+from specfw.study.fidelity import (
     UnreproducibleText,
     build_translator,
     empty_prompt_ids,

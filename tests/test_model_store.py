@@ -10,10 +10,10 @@ import hashlib
 
 import pytest
 
-from specfw import model_store
+from specfw.models import store as model_store
 from specfw.cli import main
 from specfw.errors import ModelLoadError
-from specfw.model_store import KnownModel, ensure_model, is_imported, model_path
+from specfw.models.store import KnownModel, ensure_model, is_imported, model_path
 
 
 @pytest.fixture

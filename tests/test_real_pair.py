@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from specfw.config import RunConfig
-from specfw.models import load_model
+from specfw.models.loading import load_model
 from specfw.run import Run
 
 pytestmark = pytest.mark.slow

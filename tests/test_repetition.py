@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specfw.repetition import repetition_share
+from specfw.study.repetition import repetition_share
 
 ids = st.lists(st.integers(min_value=0, max_value=50), max_size=40)
 

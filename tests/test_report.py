@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specfw.analysis import cost_model_speedup
+from specfw.study.analysis import cost_model_speedup
 from specfw.errors import SpecfwError
-from specfw.records import EvalRecord, condition_name
-from specfw.report import ACCEPTANCE_PLOT, HEADINGS, REPORT, SPEEDUP_PLOT, render_report, write_report
+from specfw.study.records import EvalRecord, condition_name
+from specfw.study.report import ACCEPTANCE_PLOT, HEADINGS, REPORT, SPEEDUP_PLOT, render_report, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

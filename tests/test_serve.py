@@ -174,7 +174,7 @@ def server(tmp_path_factory):
 def expected(tmp_path_factory):
     """The target alone's greedy text for a prompt, computed in this process (same cache, same models)."""
     from specfw.config import RunConfig
-    from specfw.models import load_model
+    from specfw.models.loading import load_model
     from specfw.run import Run
 
     with pytest.MonkeyPatch.context() as mp:
@@ -688,7 +688,7 @@ def tiny_server(tmp_path_factory):
 def tiny_alone(tmp_path_factory, tiny_server):
     """The tiny target alone's greedy (text, generated ids) for a prompt (the server built the model first)."""
     from specfw.config import RunConfig
-    from specfw.models import load_model
+    from specfw.models.loading import load_model
     from specfw.run import Run
 
     with pytest.MonkeyPatch.context() as mp:

@@ -20,10 +20,10 @@ from mlx_lm.generate import generate_step
 from mlx_lm.models.cache import RotatingKVCache, make_prompt_cache
 
 from specfw.config import RunConfig
-from specfw.embedded import tiny_model
-from specfw.kv_cache import make_trimmable_cache
-from specfw.models import LoadedModel
-from specfw.prompt_cache import PromptCache
+from specfw.models.embedded import tiny_model
+from specfw.models.kv_cache import make_trimmable_cache
+from specfw.models.loading import LoadedModel
+from specfw.models.prompt_cache import PromptCache
 from specfw.run import Run, prompt_ids
 from specfw.tokenizers import load_tokenizer
 

@@ -203,7 +203,7 @@ def test_candidate_is_the_longest_target_token_or_nothing():
 
 def test_eval_sweeps_with_slrs_at_a_temperature(tmp_path, monkeypatch):
     """``specfw eval`` passes temp and verifier to every run; an unknown verifier fails before models load."""
-    from specfw.eval import SweepConfig, read_records, run_sweep
+    from specfw.study.eval import SweepConfig, read_records, run_sweep
 
     calls = []
     real_verify = SLRSVerifier.verify

@@ -21,7 +21,7 @@ import pytest
 from scipy.stats import binomtest, chisquare
 
 from specfw.config import RunConfig
-from specfw.datasets import load_dataset
+from specfw.study.datasets import load_dataset
 from specfw.protocols import Acceptance, Proposal, TranslatorSetup, VerifierSetup
 from specfw.tokenizers import load_tokenizer
 from specfw_plugins.tli import TLITranslator, corpus_coverage, intersection, main as tli_main

@@ -23,7 +23,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from specfw.config import RunConfig
-from specfw.datasets import load_dataset
+from specfw.study.datasets import load_dataset
 from specfw.errors import SpecfwError
 from specfw.protocols import Acceptance, Proposal, TranslatorSetup
 from specfw.text import (

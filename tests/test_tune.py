@@ -8,7 +8,7 @@ import pytest
 
 from specfw import priors
 from specfw.cli import main
-from specfw.tune import candidates, read_prompt_file, select_prompts
+from specfw.study.tune import candidates, read_prompt_file, select_prompts
 from specfw_plugins.k_policies import AdaptiveK
 
 TINY = ["--target", "tiny-random-mistral", "--draft", "tiny-random-qwen2.5"]
@@ -21,7 +21,7 @@ def cache(tmp_path, monkeypatch, tmp_path_factory):
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)
     monkeypatch.setenv("SPECFW_CACHE", str(shared))
-    from specfw.model_store import ensure_model
+    from specfw.models.store import ensure_model
 
     for name in ("tiny-random-mistral", "tiny-random-qwen2.5"):
         (cache / "models" / name).symlink_to(ensure_model(name))

@@ -45,7 +45,7 @@ from specfw.batch import BatchEngine, Generation
 from specfw.config import RunConfig
 from specfw.errors import ConfigError, SpecfwError
 from specfw.plugins import get_registry
-from specfw.prompt_cache import PromptCache
+from specfw.models.prompt_cache import PromptCache
 from specfw.run import Run, prompt_ids
 from specfw.serve.prompts import TRANSCRIPT_STOP, chat_ids, has_template
 from specfw.serve.protocol import SpecfwInfo

@@ -19,7 +19,7 @@ import json
 
 from specfw.chat import _raise, _token_text, chat_template
 from specfw.errors import ConfigError
-from specfw.models import LoadedModel
+from specfw.models.loading import LoadedModel
 from specfw.run import prompt_ids
 from specfw.tokenizers import Tokenizer
 

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-# specfw.blas alone first, to time the load itself (specfw/__init__ would call it on import)
-spec = importlib.util.find_spec("specfw.blas")
+# specfw.models.blas alone first, to time the load itself (specfw/__init__ would call it on import)
+spec = importlib.util.find_spec("specfw.models.blas")
 blas = importlib.util.module_from_spec(spec)
-sys.modules["specfw.blas"] = blas
+sys.modules["specfw.models.blas"] = blas
 spec.loader.exec_module(blas)
 started = time.perf_counter()
 desc = blas.load_optimized_blas()

@@ -1,7 +1,7 @@
 """One target forward pass over several rows, each with its own KV cache.
 
 Each row is one generation: its per-layer cache is an ordinary mlx-lm
-``KVCache`` (what :func:`specfw.kv_cache.make_trimmable_cache` gives every
+``KVCache`` (what :func:`specfw.models.kv_cache.make_trimmable_cache` gives every
 layer), and each row forwards its own feed (the ids it has not forwarded yet,
 plus its proposal). :func:`batched_forward` runs the model once over all rows:
 
@@ -18,7 +18,7 @@ plus its proposal). :func:`batched_forward` runs the model once over all rows:
   (rollback of rejected proposals) work exactly as after a single-row pass.
 
 In exact arithmetic row i's logits are those of
-:func:`specfw.forward.forward_logits` on that row alone; in floating point
+:func:`specfw.models.forward.forward_logits` on that row alone; in floating point
 they agree within rounding (the tests check the ids agree too).
 """
 
@@ -30,7 +30,7 @@ import mlx.core as mx
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import KVCache
 
-from specfw.forward import PREFILL_CHUNK, prefill
+from specfw.models.forward import PREFILL_CHUNK, prefill
 
 PAD_ID = 0  # what right-padded feed positions hold; their outputs are dropped
 
@@ -84,7 +84,7 @@ def batched_forward(model, caches: Sequence[Sequence[KVCache]], feeds: Sequence[
     ids, e.g. a drafter's previous proposal: it is forwarded without being
     read. After the call each row's cache holds its feed, as after
     ``forward_logits(model, caches[i], feeds[i], n_logits[i])``. A feed longer
-    than :data:`specfw.forward.PREFILL_CHUNK` has its head prefilled on its own
+    than :data:`specfw.models.forward.PREFILL_CHUNK` has its head prefilled on its own
     row first, as ``forward_logits`` does. The returned arrays are lazy.
     """
     if not caches:

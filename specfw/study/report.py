@@ -1,6 +1,6 @@
 """``report.md`` and plots from evaluation records, laid out like the reference paper's tables.
 
-Every number comes from the records (through :mod:`specfw.analysis`); the
+Every number comes from the records (through :mod:`specfw.study.analysis`); the
 report holds no timestamps, so rebuilding it from the same records gives the
 same file.
 """
@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from specfw.analysis import (
+from specfw.study.analysis import (
     BreakEven,
     BucketTable,
     Condition,
@@ -34,8 +34,8 @@ from specfw.analysis import (
     records_file,
     speedup_line,
 )
-from specfw.emulation import emulated_shape
-from specfw.records import EvalRecord
+from specfw.models.emulation import emulated_shape
+from specfw.study.records import EvalRecord
 
 REPORT = "report.md"
 SPEEDUP_PLOT = "speedup_vs_acceptance.png"
@@ -313,7 +313,7 @@ def _table3(records: Sequence[EvalRecord]) -> str:
                                   for d in table.datasets if d in table.baseline) or "none"
         repetition_note = (" rep.: mean over the cell's prompts of the share of the target alone's generated ids "
                            "that continue a 4-gram already in the prompt or the earlier output (the text a copying "
-                           "drafter can reuse; specfw.repetition).") if with_repetition else ""
+                           "drafter can reuse; specfw.study.repetition).") if with_repetition else ""
         out += [f"## {HEADINGS[3]}, k = {k}", "",
                 "Mean tokens per second (generated tokens from the first to the last, prompt excluded) and mean "
                 "per-prompt speedup (a run's TPS / the baseline's TPS on the same prompt), k = "

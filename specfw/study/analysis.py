@@ -1,6 +1,6 @@
 """The reference paper's tables, computed from evaluation records (no formatting, no output).
 
-Everything here is a pure function of a list of :class:`~specfw.records.EvalRecord`.
+Everything here is a pure function of a list of :class:`~specfw.study.records.EvalRecord`.
 Acceptance rates and break-even points are fractions (0..1); the report turns
 them into percentages. Table numbers follow the paper:
 
@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from scipy.optimize import OptimizeWarning, curve_fit
 
 from specfw.errors import SpecfwError
-from specfw.records import EvalRecord
+from specfw.study.records import EvalRecord
 
 RECORDS_FILE = "records.jsonl"
 # The paper's order of translation conditions; other translators follow in order of appearance.

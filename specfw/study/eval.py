@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from specfw.config import RunConfig, known_shape
 from specfw.errors import ConfigError, SpecfwError
-from specfw.records import EvalRecord, condition_name
+from specfw.study.records import EvalRecord, condition_name
 
 RECORDS = "records.jsonl"
 SWEEP = "sweep.json"
@@ -59,7 +59,7 @@ class SweepConfig(BaseModel):
     verifier_options: dict[str, Any] = Field(default_factory=dict, description="the verifier's settings (slrs: "
                                              "branches, min_mass, depth)")
     emulate_target: Optional[str] = Field(None, description="study tool: a shadow model shape forwarded beside the "
-                                          "target on every pass (specfw.emulation); records name the target "
+                                          "target on every pass (specfw.models.emulation); records name the target "
                                           "'TARGET+shadow:SHAPE'")
     out: Path
 
@@ -81,7 +81,7 @@ class SweepConfig(BaseModel):
     def resolved(self) -> "SweepConfig":
         """With the default pair filled in when neither target nor drafts are given."""
         if self.target is None and not self.drafts:
-            from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
+            from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
 
             return self.model_copy(update={"target": DEFAULT_TARGET, "drafts": [DEFAULT_DRAFT]})
         if self.target is None or not self.drafts:
@@ -191,11 +191,11 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
     """Run (or resume) a sweep; returns the path of the report."""
     from tqdm import tqdm
 
-    from specfw.datasets import load_dataset
-    from specfw.models import load_model
+    from specfw.study.datasets import load_dataset
+    from specfw.models.loading import load_model
     from specfw.plugins import get_registry
-    from specfw.repetition import repetition_share
-    from specfw.report import write_report
+    from specfw.study.repetition import repetition_share
+    from specfw.study.report import write_report
     from specfw.run import Run
 
     sweep = sweep.resolved()
@@ -241,7 +241,7 @@ def run_sweep(sweep: SweepConfig, log: Callable[[str], None] | None = None, prog
     if todo:
         target = load_model(sweep.target, log=log)
         if sweep.emulate_target is not None:
-            from specfw.emulation import shadowed
+            from specfw.models.emulation import shadowed
 
             if log:
                 log(f"emulated target: building a random-weight {sweep.emulate_target} shadow (a study tool: "

@@ -478,13 +478,13 @@ _PLAIN_TEXT_SUFFIXES = {".txt", ".text", ".md"}
 
 
 def load_texts(specs: Iterable[str], limit: int | None = None) -> list[str]:
-    """Texts from bundled dataset names, files, or anything :func:`specfw.datasets.load_dataset` reads.
+    """Texts from bundled dataset names, files, or anything :func:`specfw.study.datasets.load_dataset` reads.
 
     A ``.txt`` (or ``.text``, ``.md``) file holds one text per non-empty line;
     other files (JSONL, JSON, CSV, ...), folders and dataset names go through
     ``load_dataset``. ``limit`` keeps the first N texts of each source.
     """
-    from specfw.datasets import load_dataset
+    from specfw.study.datasets import load_dataset
 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")

@@ -130,7 +130,7 @@ def _dedupe(items: Iterable[PromptItem]) -> list[PromptItem]:
 
 
 def _load_bundled_jsonl(name: str) -> list[PromptItem]:
-    resource = resources.files("specfw").joinpath("data", _BUNDLED_FILES[name])
+    resource = resources.files("specfw.study").joinpath("data", _BUNDLED_FILES[name])
     try:
         text = resource.read_text(encoding="utf-8")
     except OSError as err:  # a broken install: the package data did not ship

@@ -2,7 +2,7 @@
 
 The result is an ordinary mlx-lm folder (``config.json``, ``model.safetensors``
 in float32, tokenizer files, ``tokenizer_config.json``) that
-:func:`specfw.models.load_model` loads like any other. Supported architectures
+:func:`specfw.models.loading.load_model` loads like any other. Supported architectures
 are ``llama`` (e.g. SmolLM2) and ``gemma3`` (e.g. Gemma 3 270M).
 
 What llama.cpp's converter changed has to be undone here:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
-from specfw.kv_cache import make_trimmable_cache
+from specfw.models.kv_cache import make_trimmable_cache
 
 from specfw.text import common_prefix_len
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from specfw.errors import ModelLoadError
-from specfw.models import cache_dir
+from specfw.models.loading import cache_dir
 
 CHUNK = 1 << 20
 
@@ -176,7 +176,7 @@ def assemble(model: KnownModel, out: Path) -> Path:
 
 def import_file(gguf: Path, name: str, *, force: bool = False, log: Callable[[str], None] | None = None) -> Path:
     """Import any supported GGUF file into the cache as ``name``; returns the model folder."""
-    from specfw.gguf_import import import_gguf
+    from specfw.models.gguf_import import import_gguf
 
     dest = model_path(name)
     if dest.exists():
@@ -215,7 +215,7 @@ def ensure_model(name: str, *, force: bool = False, log: Callable[[str], None] |
         shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if model.random is not None:
-        from specfw.embedded import build_random_model
+        from specfw.models.embedded import build_random_model
 
         build_random_model(dest, *model.random)
         return dest

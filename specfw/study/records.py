@@ -20,7 +20,7 @@ class EvalRecord(BaseModel):
     ``target_bytes`` / ``draft_bytes`` are the models' weight bytes as loaded
     (the cost model's r = draft_bytes / target_bytes). ``repetition`` is the
     share of the baseline's generated ids that continue a 4-gram already in the
-    prompt or the earlier output (:func:`specfw.repetition.repetition_share`).
+    prompt or the earlier output (:func:`specfw.study.repetition.repetition_share`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -49,7 +49,7 @@ class EvalRecord(BaseModel):
     output_sha256: Optional[str] = None  # of the generated token ids: how resumed runs check losslessness
     fallback_cycles: int = 0  # cycles a string-level verifier (slrs) verified with the sample rule, for cost
     psi_s: float = 0.0  # seconds slrs spent computing psi
-    # the baseline's specfw.repetition.repetition_share on this prompt (prompt ids + the target alone's ids, n = 4),
+    # the baseline's specfw.study.repetition.repetition_share on this prompt (prompt ids + the target alone's ids, n = 4),
     # copied to every record of the prompt; None in records written before it was added
     repetition: Optional[float] = None
     # ids the verifier accepted, including those the last cycle did not emit (cut by max_tokens, or the stop id and

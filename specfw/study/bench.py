@@ -64,8 +64,8 @@ def overhead(target_name: str, draft_name: str | None = None, tokens: int = 64, 
     import mlx.core as mx
     from mlx_lm.generate import generate_step, speculative_generate_step
 
-    from specfw.blas import blas_in_use
-    from specfw.models import load_model
+    from specfw.models.blas import blas_in_use
+    from specfw.models.loading import load_model
     from specfw.run import Run, prompt_ids
     from specfw.tokenizers import same_vocabulary
 
@@ -171,8 +171,8 @@ def _pass_ms(model, ids: list[int], widths: list[int], rounds: int) -> dict[int,
     import mlx.core as mx
     from mlx_lm.models.cache import trim_prompt_cache
 
-    from specfw.forward import forward_logits, prefill
-    from specfw.kv_cache import make_trimmable_cache
+    from specfw.models.forward import forward_logits, prefill
+    from specfw.models.kv_cache import make_trimmable_cache
 
     cache = make_trimmable_cache(model)
     prefill(model, cache, ids[:-8])
@@ -198,9 +198,9 @@ def costs(target_name: str, draft_name: str, shapes: list[str | None], ks: list[
 
     import mlx.core as mx
 
-    from specfw.blas import blas_in_use
-    from specfw.emulation import shadowed
-    from specfw.models import load_model
+    from specfw.models.blas import blas_in_use
+    from specfw.models.emulation import shadowed
+    from specfw.models.loading import load_model
     from specfw.run import prompt_ids
 
     if context < 16:

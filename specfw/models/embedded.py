@@ -1,7 +1,7 @@
 """Tiny random-weight models with real tokenizers, for tests and quick checks.
 
 The known models ``tiny-random-mistral`` and ``tiny-random-qwen2.5`` (see
-:mod:`specfw.model_store`) are built from a seed on first use: the same seed
+:mod:`specfw.models.store`) are built from a seed on first use: the same seed
 gives the same weights. Their text is gibberish; they exercise the whole
 pipeline on real vocabularies in a fraction of a second.
 """
@@ -46,7 +46,7 @@ def tiny_model(model_type: str, vocab_size: int, hidden: int = 64, layers: int =
 
 
 def build_random_model(dest: Path, model_type: str, tokenizer_name: str, vocab: int, hidden: int, layers: int, seed: int) -> Path:
-    """Build a tiny random model folder at ``dest`` (loadable by :func:`specfw.models.load_model`).
+    """Build a tiny random model folder at ``dest`` (loadable by :func:`specfw.models.loading.load_model`).
 
     Built in a temporary sibling folder and moved into place whole, so an
     interrupted build leaves nothing half-made.

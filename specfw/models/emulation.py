@@ -189,7 +189,7 @@ class ShadowedModel:
 
 
 def shadowed(loaded, spec: str):
-    """``loaded`` (a :class:`specfw.models.LoadedModel`) with a shadow of shape ``spec`` behind its target.
+    """``loaded`` (a :class:`specfw.models.loading.LoadedModel`) with a shadow of shape ``spec`` behind its target.
 
     Its ``source`` names both (``gemma3-270m+shadow:llama-3.2-1b``), so records and prompt caches tell an
     emulated target from the real one; its ``weight_bytes`` count both (the cost model's r).

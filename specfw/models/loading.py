@@ -63,7 +63,7 @@ def resolve_model_path(spec: str) -> Path:
 
 def model_path(spec: str, log=None) -> Path:
     """The local folder of a known model (imported on first use), a folder path or a hub id."""
-    from specfw.model_store import KNOWN_MODELS, ensure_model
+    from specfw.models.store import KNOWN_MODELS, ensure_model
 
     return ensure_model(spec, log=log) if spec in KNOWN_MODELS else resolve_model_path(spec)
 
