@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from specfw.errors import SpecfwError
-from specfw.tokenizers import LLAMA3_PAT_STR
+from specfw.tokenizers.tiktoken_ranks import LLAMA3_PAT_STR
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "GGUFImportError", "import_gguf", "inspect_gguf", "supported_quant_types"]
 
