@@ -40,7 +40,7 @@ from specfw.batch import generate_runs
 from specfw.models.batch_forward import batched_forward
 from specfw.models.forward import PREFILL_CHUNK, forward_logits, prefill
 from specfw.models.kv_cache import make_trimmable_cache
-from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 from specfw.models.loading import load_model
 
 PROMPTS = ["The capital of France is", "Once upon a time, there was a little", "Water boils at a temperature of",

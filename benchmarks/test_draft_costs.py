@@ -28,7 +28,7 @@ import mlx.core as mx
 import pytest
 from mlx_lm.models.cache import make_prompt_cache
 
-from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 from specfw.models.loading import load_model
 from specfw_plugins.draft_model_options import RestrictedHead, quantized_copy
 

@@ -16,7 +16,7 @@ import pytest
 
 from specfw.config import RunConfig
 from specfw.study.datasets import load_dataset
-from specfw.models.store import DEFAULT_TARGET
+from specfw.models.catalog import DEFAULT_TARGET
 from specfw.models.loading import load_model
 from specfw.run import Run
 

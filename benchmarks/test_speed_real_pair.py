@@ -45,7 +45,7 @@ import pytest
 from specfw.models.blas import blas_in_use
 from specfw.config import RunConfig
 from specfw.study.datasets import load_dataset
-from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 from specfw.models.loading import load_model
 from specfw.study.repetition import repetition_share
 from specfw.run import Run, prompt_ids

@@ -21,7 +21,7 @@ import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 import pytest
 
 from specfw.config import RunConfig
-from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 from specfw.models.loading import load_model
 from specfw.run import Run
 

@@ -38,7 +38,7 @@ import pytest
 from peer_worker import PeerWorker
 
 from specfw.config import RunConfig
-from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 from specfw.models.loading import load_model
 from specfw.run import Run, prompt_ids
 

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from specfw.tokenizers import load_tokenizer
+    from specfw.models.catalog import load_tokenizer
 
     parser = argparse.ArgumentParser(prog="python -m specfw_plugins.draft_model_options", description=main.__doc__)
     parser.add_argument("corpus")

@@ -334,8 +334,7 @@ def register_translators(register):
 
 def load_pair_tokenizer(spec: str) -> Tokenizer:
     """A tokenizer from a registry name, a tokenizer file or folder, or a known model name (imported on first use)."""
-    from specfw.models.store import KNOWN_MODELS, ensure_model
-    from specfw.tokenizers import load_tokenizer
+    from specfw.models.catalog import KNOWN_MODELS, ensure_model, load_tokenizer
 
     if spec in KNOWN_MODELS:
         return load_tokenizer(ensure_model(spec))

@@ -32,7 +32,7 @@ from collections import defaultdict
 import specfw  # noqa: F401  (first: loads an optimized BLAS before MLX)
 from specfw.config import RunConfig
 from specfw.study.datasets import load_dataset
-from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 from specfw.models.loading import load_model
 from specfw.run import Run
 

@@ -92,7 +92,7 @@ def main() -> int:
                     help="a model cache whose priors file the priors side uses (e.g. after 'specfw tune', whose "
                     "recommendation then fills --drafter/--translator/--k); default: a fresh one, seeded")
     args = ap.parse_args()
-    from specfw.models.loading import cache_dir
+    from specfw.models.store import cache_dir
 
     models = args.models or cache_dir()
     for name in MODELS:

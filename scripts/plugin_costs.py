@@ -14,7 +14,7 @@ import argparse
 
 import specfw  # noqa: F401  (loads an optimized BLAS before MLX)
 from specfw.config import RunConfig
-from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 from specfw.models.loading import load_model
 from specfw.run import Run
 

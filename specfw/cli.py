@@ -491,19 +491,19 @@ def _log(line: str) -> None:
 
 
 def cmd_models(args) -> int:
-    from specfw.models import store as model_store
+    from specfw.models import catalog, store as model_store
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
     if args.models_command == "import":
         source = args.source
-        if source in model_store.KNOWN_MODELS:
-            path = model_store.ensure_model(source, force=args.force, log=_log)
+        if source in catalog.KNOWN_MODELS:
+            path = catalog.ensure_model(source, force=args.force, log=_log)
             name = source
         else:
             gguf = Path(source)
             if not gguf.exists():
-                known = ", ".join(model_store.KNOWN_MODELS)
+                known = ", ".join(catalog.KNOWN_MODELS)
                 raise SpecfwError(f"'{source}' is neither a known model ({known}) nor an existing file")
             name = args.name or gguf.name.removesuffix(".gguf")
             if model_store.model_path(name).exists() and not args.force:
@@ -511,7 +511,7 @@ def cmd_models(args) -> int:
             path = model_store.import_file(gguf, name, force=args.force, log=_log)
         print(f"{name}: {path}")
         return 0
-    rows = model_store.list_models()
+    rows = catalog.list_models()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -595,7 +595,7 @@ def _draft_lengths(text: str) -> list[int]:
 
 def cmd_fidelity(args) -> int:
     from specfw.study.fidelity import load_texts, run_fidelity
-    from specfw.tokenizers import load_tokenizer
+    from specfw.models.catalog import load_tokenizer
 
     if not args.draft_tokenizer or not args.target_tokenizer:
         raise SpecfwError("give --draft-tokenizer NAME and --target-tokenizer NAME (a registry name or a path)")
@@ -639,7 +639,7 @@ def cmd_fidelity(args) -> int:
 
 def cmd_bench_overhead(args) -> int:
     from specfw.study.bench import DEFAULT_PROMPT, format_overhead, overhead
-    from specfw.models.store import DEFAULT_TARGET
+    from specfw.models.catalog import DEFAULT_TARGET
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir
@@ -655,7 +655,7 @@ def cmd_bench_overhead(args) -> int:
 def cmd_bench_costs(args) -> int:
     from specfw.study.bench import costs, format_costs
     from specfw.models.emulation import parse_shape
-    from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+    from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 
     if args.cache_dir:
         os.environ["SPECFW_CACHE"] = args.cache_dir

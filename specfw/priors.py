@@ -42,7 +42,7 @@ _warned: set[str] = set()
 
 
 def priors_path() -> Path:
-    from specfw.models.loading import cache_dir
+    from specfw.models.store import cache_dir
 
     return cache_dir() / FILE_NAME
 
@@ -175,7 +175,7 @@ RECOMMENDED_FIELDS = ("drafter", "translator", "k_policy", "k")
 def recommendation_key(target: str | None, draft: str | None) -> str:
     """The recommendation's key; None for both names the default pair."""
     if target is None and draft is None:
-        from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+        from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 
         target, draft = DEFAULT_TARGET, DEFAULT_DRAFT
     return f"{device_key()} || {target} || {draft}"

@@ -21,7 +21,8 @@ from specfw.models.prompt_cache import PromptCache
 from specfw.protocols import CacheSyncSetup, DrafterSetup, KPolicySetup, TranslatorSetup, VerifierSetup
 from specfw.scheduler import DraftSide, Steps, TargetSide, Token, speculative_stream, speculative_steps
 from specfw.stats import RunStats
-from specfw.tokenizers import Tokenizer, load_tokenizer, same_vocabulary
+from specfw.models.catalog import load_tokenizer
+from specfw.tokenizers import Tokenizer, same_vocabulary
 
 
 @dataclass
@@ -134,7 +135,7 @@ class Run:
         if target is None and c.target is None:
             if c.draft is not None:
                 raise ConfigError("--draft needs --target too (or neither, for the default pair)")
-            from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+            from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 
             if needs_draft_model or c.baseline:
                 self.notes.append(f"default pair: target {DEFAULT_TARGET}, drafter {DEFAULT_DRAFT}")
@@ -212,7 +213,7 @@ class Run:
         if self.draft is not None:
             draft_tok = self.draft.tokenizer
         elif c.draft is not None:  # a model-free drafter in the draft model's vocabulary: its tokenizer only
-            from specfw.models.store import KNOWN_MODELS
+            from specfw.models.catalog import KNOWN_MODELS
 
             draft_tok = load_tokenizer(model_path(c.draft, log=self.log) if c.draft in KNOWN_MODELS else c.draft)
         else:

@@ -110,7 +110,7 @@ def test_empty_prompt(capsys):
 
 
 def test_prompt_longer_than_context(capsys, tmp_path):
-    from specfw.models.store import ensure_model
+    from specfw.models.catalog import ensure_model
     from specfw.models.loading import read_config
 
     limit = read_config(ensure_model("tiny-random-mistral"))["max_position_embeddings"]

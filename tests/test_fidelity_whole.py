@@ -28,7 +28,8 @@ from specfw.study.fidelity import (
 )
 from specfw.protocols import Proposal
 from specfw.text import complete_utf8_prefix
-from specfw.tokenizers import decode_bytes, load_tokenizer
+from specfw.models.catalog import load_tokenizer
+from specfw.tokenizers import decode_bytes
 
 PAIRS = [("qwen2.5", "mistral-v0.1"), ("llama3", "mistral-v0.1")]
 POLISH_TEXTS = load_texts(["pl-questions"], limit=24)

@@ -10,10 +10,11 @@ import hashlib
 
 import pytest
 
-from specfw.models import store as model_store
+from specfw.models import catalog, store as model_store
 from specfw.cli import main
 from specfw.errors import ModelLoadError
-from specfw.models.store import KnownModel, ensure_model, is_imported, model_path
+from specfw.models.catalog import KnownModel, ensure_model
+from specfw.models.store import is_imported, model_path
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def _fake_model(**overrides) -> KnownModel:
 
 
 def _register(monkeypatch, model: KnownModel) -> None:
-    monkeypatch.setitem(model_store.KNOWN_MODELS, model.name, model)
+    monkeypatch.setitem(catalog.KNOWN_MODELS, model.name, model)
 
 
 def _no_leftovers(name: str) -> None:

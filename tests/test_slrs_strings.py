@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from specfw.protocols import DraftStrings
-from specfw.tokenizers import load_tokenizer
+from specfw.models.catalog import load_tokenizer
 from specfw_plugins.slrs import _Cycle, DEFAULTS
 from specfw_plugins.slrs_strings import NO_TOKEN, StringTables, prefix_probability
 

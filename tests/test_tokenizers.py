@@ -14,15 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from specfw.errors import SpecfwError
+from specfw.models.catalog import TOKENIZER_NAMES, load_tokenizer
 from specfw.tokenizers import (
-    REGISTRY_NAMES,
     HFTokenizersTokenizer,
     SentencePieceTokenizer,
     TiktokenTokenizer,
     Tokenizer,
     TokenizerNotFound,
     decode_bytes,
-    load_tokenizer,
     same_vocabulary,
 )
 
@@ -58,7 +57,7 @@ def _package_file(package: str, *parts: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
 
 
-@pytest.fixture(scope="module", params=REGISTRY_NAMES)
+@pytest.fixture(scope="module", params=TOKENIZER_NAMES)
 def registry_tok(request: pytest.FixtureRequest) -> Tokenizer:
     return load_tokenizer(request.param)
 
@@ -179,8 +178,8 @@ def test_fingerprint_stable_and_distinct() -> None:
     first, second = SentencePieceTokenizer(model), SentencePieceTokenizer(model)
     assert first.fingerprint == second.fingerprint == load_tokenizer("mistral-v0.1").fingerprint
     assert same_vocabulary(first, second)
-    prints = {load_tokenizer(n).fingerprint for n in REGISTRY_NAMES}
-    assert len(prints) == len(REGISTRY_NAMES)
+    prints = {load_tokenizer(n).fingerprint for n in TOKENIZER_NAMES}
+    assert len(prints) == len(TOKENIZER_NAMES)
 
 
 def test_llama3_tiktoken_model_matches_tokenizer_json() -> None:
@@ -234,7 +233,7 @@ def test_unknown_name_lists_known_names(spec: str) -> None:
         load_tokenizer(spec)
     assert isinstance(err.value, SpecfwError)
     message = str(err.value)
-    assert "\n" not in message and all(name in message for name in REGISTRY_NAMES)
+    assert "\n" not in message and all(name in message for name in TOKENIZER_NAMES)
 
 
 def test_bad_pointer_and_empty_dir(tmp_path: Path) -> None:

@@ -33,7 +33,8 @@ from specfw.text import (
     leading_continuation_bytes,
     spelled_prefix,
 )
-from specfw.tokenizers import decode_bytes, load_tokenizer, single_byte_ids
+from specfw.models.catalog import load_tokenizer
+from specfw.tokenizers import decode_bytes, single_byte_ids
 from specfw_plugins.translators import (
     ContextTranslator,
     NaiveTranslator,

@@ -21,7 +21,7 @@ def cache(tmp_path, monkeypatch, tmp_path_factory):
     cache = tmp_path / "cache"
     (cache / "models").mkdir(parents=True)
     monkeypatch.setenv("SPECFW_CACHE", str(shared))
-    from specfw.models.store import ensure_model
+    from specfw.models.catalog import ensure_model
 
     for name in ("tiny-random-mistral", "tiny-random-qwen2.5"):
         (cache / "models" / name).symlink_to(ensure_model(name))

