@@ -2,7 +2,7 @@
 
 Both only change which ids the drafter proposes, never which ids are
 emitted (the verifier decides), so both stay lossless. Whether they pay
-depends on the device: see the README's speed section for the CPU figures.
+depends on the device: see docs/benchmarks.md for the CPU figures.
 
 * ``quantize=4|8``: a copy of the draft model with its linear and embedding
   layers quantized by ``mlx.nn.quantize`` (group size 64). The loaded model

@@ -107,7 +107,7 @@ class SLRSVerifier(SampleVerifier):
     name = "slrs"
     wants_draft_strings = True
     # The drafter samples at min(run temp, this) unless its option ``temp`` says otherwise: a sharper drafter
-    # proposes the strings the target is likely to sample and leaves fewer open ids to branch on (README, slrs).
+    # proposes the strings the target is likely to sample and leaves fewer open ids to branch on (docs/lossless.md, slrs).
     draft_temp = 0.3
     cycle_class: type = None  # set below: the walk along the draft string (a test swaps in a wrong one)
 

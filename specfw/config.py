@@ -30,7 +30,7 @@ class RunConfig(BaseModel):
     draft's probabilities) for the ``tli`` translator and ``sample`` for the others
     (``slrs``, string-level rejection sampling, is not picked automatically: on
     the default pair it accepts 1.1-2.7x what ``sample`` accepts per cycle but
-    its ψ costs a third to a half of a target step, so it is not faster; see the README).
+    its ψ costs a third to a half of a target step, so it is not faster; see docs/lossless.md).
     ``verifier_options`` are settings of the chosen verifier (``slrs``:
     ``branches``, ``min_mass``, ``depth``).
     """

@@ -81,7 +81,7 @@ def draft_prompt_ids(draft: Tokenizer, target: Tokenizer, prompt: str, prefix: s
     the target's does, in words (the paper's implementation decodes the
     target's prompt ids, BOS included, for its drafter). On the default pair
     this raised accepted ids per target pass on every prompt tried or left it
-    equal (see the README). Only the drafter's context changes: the target's
+    equal (see docs/plugins.md). Only the drafter's context changes: the target's
     prompt, and so the output, does not.
     """
     if prefix is None:
