@@ -161,6 +161,11 @@ def test_no_import_circle_among_models_and_tokenizers():
     assert _cycles(_layer("specfw.models", "specfw.tokenizers")) == []
 
 
+def test_no_import_circle_anywhere_in_specfw():
+    """The whole package is a layered graph too (the lazy imports in ``specfw/__init__`` count as edges)."""
+    assert _cycles(set(_modules())) == []
+
+
 def test_specfw_imports_name_what_exists():
     """``from specfw.x import y``: y is a submodule of specfw.x or defined at its top level.
 
