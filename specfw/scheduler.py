@@ -38,6 +38,9 @@ time with direct calls, and :mod:`specfw.batch` answers many generations'
 requests with one batched pass per draft step (per draft model) and one
 batched target pass. Drafting ahead (``DraftSide.ahead``) calls the drafter
 directly, on its own stream, under either driver.
+Its loop reads propose → verify → count → emit → sync, each step a method
+of ``_Generation`` (one generation's state across cycles; ``_Cycle`` holds
+one cycle's).
 
 Losslessness rests on one rule: every emitted id comes out of the verifier
 (or the target's own next-id rule in a plain step), from the target's logits
@@ -76,6 +79,7 @@ class Token:
 
 
 Steps = Generator["Token | ForwardRequest", "mx.array | None", None]
+Requests = Generator[ForwardRequest, "mx.array", None]  # a step that needs target or drafter passes
 
 
 @dataclass
@@ -274,196 +278,286 @@ def speculative_steps(
     ``prompt_cache`` the prompt prefix its caches already hold is not
     forwarded again, and the caches this generation leaves are kept there.
     """
-    start = time.perf_counter()
-    target_ids = list(target.prompt_ids)
-    if prompt_cache is None:
-        cache, cached = make_trimmable_cache(target.model), 0
-    else:
-        cache, cached = prompt_cache.reuse_target(target.model, target_ids)
-    cached += prefill(target.model, cache, target_ids[cached:-1])
-    stats.prompt_tokens = len(target_ids)
-    verifier = target.verifier
-    chooser = _KChooser(draft)
-    if draft is not None:
-        draft.drafter.reset()
-        # Leftover proposals are proposed again only where verification does not use the distributions they were
-        # drawn from (those rows belong to the drafter's latest call).
-        sync = _DraftSync(draft, reuse=not draft.draft_probs and not getattr(verifier, "wants_draft_strings", False))
-        if prompt_cache is not None:
-            sync.cached = prompt_cache.reuse_draft(draft.drafter, sync.seq)
-        chooser.sync = sync
-
-    ahead_stream = None
-    if draft is not None and sync.reuse and draft.ahead:
-        ahead_stream = mx.new_stream(mx.default_device())
-
-    text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    generated_bytes = bytearray()  # bytes of every generated target id
-    queued: mx.array | None = None  # a plain step's next id whose forward is already queued, not yet read
-    first_time = last_time = None
-
+    state = _Generation(target, draft, stats, prompt_cache, overlap)
     while stats.generated < max_tokens:
-        remaining = max_tokens - stats.generated
-        may_draft = draft is not None and queued is None
-        draft_ids: list[int] = []
-        proposed: list[int] = []
-        draft_logprobs = None
-        draft_strings: DraftStrings | None = None
-        k = 0
-        draft_s = translate_s = 0.0
-        draft_fed = 0
-        source = DRAFT_SOURCE
+        cycle = _Cycle(remaining=max_tokens - stats.generated)
+        yield from state.propose(cycle)  # the target-vocabulary source, else the drafter: draft → translate
+        yield from state.verify(cycle)  # one target pass over the proposal, or a plain step
+        state.count(cycle)  # stats, the k policy's report, the prompt cache's hold
+        if (yield from state.emit(cycle, max_tokens)):  # a stop id, or max_tokens
+            break
+        state.sync(cycle)  # the accepted ids joined to the context; the target cache trimmed to them
+    yield from state.finish()
 
-        # -- propose: the target-vocabulary source first (no model, no translation), then the drafter
-        if may_draft and chooser.has_target_source:
-            k_target = chooser.choose(TARGET_SOURCE, remaining)
-            if k_target:
-                t0 = time.perf_counter()
-                proposed = list(draft.drafter.propose_target(target_ids, k_target))[:k_target]
-                if proposed:
-                    k, source, draft_s = k_target, TARGET_SOURCE, time.perf_counter() - t0
-        if may_draft and not proposed:
-            k = chooser.choose(DRAFT_SOURCE, remaining)
-        chooser.planned.clear()
-        if k and source == DRAFT_SOURCE:
-            t0 = time.perf_counter()
-            to_forward = sync.catch_up(generated_bytes)
-            t1 = time.perf_counter()
-            # Whole targets: k counts target ids; draft one id past k (more where target tokens are spelled by
-            # several draft ids, at most 2k + 2) and propose the first k translated ids, never the last one, which
-            # may be a fragment (a target token cut where the draft ids ended). The draft ids past what was
-            # proposed stay outstanding: leftovers the next cycle reuses where the accepted text agrees.
-            whole = sync.reuse and getattr(draft.translator, "whole_targets", False)
-            n_draft = k + 1 if whole else k
-            if sync.ready:  # proposed last cycle (drafted ahead, or past what was accepted) and still valid
-                draft_ids = sync.take_ready(2 * k + 2 if whole else k)
-                stats.reused_proposals += 1
-            else:
-                draft_fed = len(to_forward)
-                draft_ids = yield from _draft_steps(draft, to_forward, n_draft)
-                if draft_ids and draft.drafter.needs_model:
-                    stats.host_syncs += 1  # the model drafter hands its ids back from the device
-            new_bytes = sync.new_bytes(draft_ids, generated_bytes)
-            translated = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
-            while whole and new_bytes and len(translated) <= k and 0 < len(draft_ids) < 2 * k + 2:
-                more = yield from _draft_steps(draft, draft_ids[-1:], min(k + 1 - len(translated), 2 * k + 2 - len(draft_ids)))
-                if not more:
-                    break
-                if draft.drafter.needs_model:
-                    stats.host_syncs += 1
-                draft_ids = draft_ids + list(more)
-                new_bytes = sync.new_bytes(draft_ids, generated_bytes)
-                translated = draft.translator.to_target(Proposal(draft_ids, new_bytes, target_ids))
-            t2 = time.perf_counter()
-            sync.proposed(draft_ids)
-            proposed = translated[:k] if whole else translated
-            draft_s, translate_s = t2 - t1, (t1 - t0) + (time.perf_counter() - t2)
-            if not proposed:
-                stats.zero_new_cycles += 1
-            elif draft.draft_probs:
-                draft_logprobs = _draft_logprobs(draft, len(proposed))
-            if proposed and new_bytes and getattr(verifier, "wants_draft_strings", False):
-                draft_strings = _draft_strings(draft, draft_ids, new_bytes)
-        if draft is not None and (first_time is not None or k):
-            stats.k_counts[k] = stats.k_counts.get(k, 0) + 1
 
-        # -- verify: one target pass over the unforwarded accepted ids and the proposal, or a plain step
-        t_verify = time.perf_counter()
-        if proposed:
-            feed = target_ids[cached:] + proposed
-            fed = len(feed)
-            logits = yield ForwardRequest(cache, feed, len(proposed) + 1)
-            if draft_ids and ahead_stream is not None:
-                # Parallel drafting: the target pass runs on the default stream while the drafter drafts past its
-                # proposal on its own; the verifier's decision below waits for the target only.
-                mx.async_eval(logits)
-                with mx.stream(ahead_stream):
-                    ahead_ids = draft.drafter.propose(draft_ids[-1:], draft.ahead, draft.allowed)
-                sync.drafted_ahead(ahead_ids)
-                if ahead_ids and draft.drafter.needs_model:
-                    stats.host_syncs += 1
-            if draft_strings is not None:
-                accepted, next_id = verifier.verify(logits, proposed, draft_strings=draft_strings)
-                stats.fallback_cycles += draft_strings.fell_back
-                stats.psi_s += draft_strings.psi_s
-            elif draft_logprobs is None:
-                accepted, next_id = verifier.verify(logits, proposed)
-            else:
-                accepted, next_id = verifier.verify(logits, proposed, draft_logprobs=draft_logprobs)
-            cached += fed
+@dataclass
+class _Cycle:
+    """One cycle: what was proposed, what the verifier made of it, and what each part cost."""
+
+    remaining: int  # ids still to generate when the cycle starts
+    k: int = 0  # draft tokens asked for (0: the cycle did not draft)
+    source: str = DRAFT_SOURCE
+    draft_ids: list[int] = field(default_factory=list)  # the drafter's proposal, in its own vocabulary
+    proposed: list[int] = field(default_factory=list)  # target ids sent to verification
+    draft_logprobs: mx.array | None = None
+    draft_strings: DraftStrings | None = None
+    draft_fed: int = 0  # ids the drafter forwarded before its first proposal (its catch-up)
+    fed: int = 0  # ids in the target pass
+    accepted: int = 0
+    next_id: int = -1
+    new_ids: list[int] = field(default_factory=list)  # the accepted proposals and the target's next id
+    t_verify: float = 0.0
+    draft_s: float = 0.0
+    translate_s: float = 0.0
+    verify_s: float = 0.0
+
+
+class _Generation:
+    """One generation's state across its cycles, and the cycle's steps in the order they run.
+
+    ``cached``: how many ids the target's ``cache`` holds (of ``target_ids``,
+    then of what was fed after them); ``queued``: a plain step's next id whose
+    forward is already queued, not yet read.
+    """
+
+    def __init__(self, target: TargetSide, draft: DraftSide | None, stats: RunStats,
+                 prompt_cache: PromptCache | None, overlap: bool) -> None:
+        self.start = time.perf_counter()
+        self.target, self.draft, self.stats = target, draft, stats
+        self.prompt_cache, self.overlap = prompt_cache, overlap
+        self.target_ids = list(target.prompt_ids)
+        if prompt_cache is None:
+            self.cache, self.cached = make_trimmable_cache(target.model), 0
         else:
-            accepted, fed = 0, (1 if queued is not None else len(target_ids) - cached)
-            step = queued
-            if step is None:
-                step = verifier.next_id((yield ForwardRequest(cache, target_ids[cached:], 1))[-1])
-                cached = len(target_ids)
-            # When the next cycle is a plain step too, queue its forward before reading this id (mlx-lm's overlap).
-            queued = None
-            if overlap and remaining > 1 and chooser.next_is_plain(remaining - 1):
-                queued = verifier.next_id((yield ForwardRequest(cache, step.reshape(1), 1))[-1])
-                mx.async_eval(queued)
-            next_id = step.item()
-            if queued is not None:
-                cached += 1  # the queued step has fed next_id
-        stats.host_syncs += 1  # the verifier (or the plain step) reads the next id
-        new_ids = proposed[:accepted] + [next_id]
-        if prompt_cache is not None:  # the target cache holds (target_ids + proposed, or + next_id)[:cached]
-            prompt_cache.hold(cache, target_ids, proposed or new_ids, cached, draft and draft.drafter,
-                              sync if draft is not None else None)
-        if first_time is not None or k:  # the prompt pass counts as a cycle when it drafted (k > 0)
-            verify_s = time.perf_counter() - t_verify
-            stats.cycles += 1
-            stats.prompt_pass_drafted = stats.prompt_pass_drafted or first_time is None
-            stats.proposed += len(proposed)
-            stats.verified_accepted += accepted  # stats.accepted counts the accepted ids emitted (below)
+            self.cache, self.cached = prompt_cache.reuse_target(target.model, self.target_ids)
+        self.cached += prefill(target.model, self.cache, self.target_ids[self.cached : -1])
+        stats.prompt_tokens = len(self.target_ids)
+        self.verifier = target.verifier
+        self.chooser = _KChooser(draft)
+        self.draft_sync: _DraftSync | None = None
+        if draft is not None:
+            draft.drafter.reset()
+            # Leftover proposals are proposed again only where verification does not use the distributions they
+            # were drawn from (those rows belong to the drafter's latest call).
+            self.draft_sync = _DraftSync(
+                draft, reuse=not draft.draft_probs and not getattr(self.verifier, "wants_draft_strings", False))
+            if prompt_cache is not None:
+                self.draft_sync.cached = prompt_cache.reuse_draft(draft.drafter, self.draft_sync.seq)
+            self.chooser.sync = self.draft_sync
+        self.ahead_stream = None
+        if draft is not None and self.draft_sync.reuse and draft.ahead:
+            self.ahead_stream = mx.new_stream(mx.default_device())
+        self.text_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.generated_bytes = bytearray()  # bytes of every generated target id
+        self.queued: mx.array | None = None
+        self.first_time: float | None = None  # None until the prompt pass has emitted
+        self.last_time: float | None = None
+
+    # -- propose: the target-vocabulary source first (no model, no translation), then the drafter
+
+    def propose(self, cycle: _Cycle) -> Requests:
+        draft, chooser = self.draft, self.chooser
+        may_draft = draft is not None and self.queued is None
+        if may_draft and chooser.has_target_source:
+            self._propose_target(cycle)
+        if may_draft and not cycle.proposed:
+            cycle.k = chooser.choose(DRAFT_SOURCE, cycle.remaining)
+        chooser.planned.clear()
+        if cycle.k and cycle.source == DRAFT_SOURCE:
+            yield from self._propose_draft(cycle)
+        if draft is not None and (self.first_time is not None or cycle.k):
+            self.stats.k_counts[cycle.k] = self.stats.k_counts.get(cycle.k, 0) + 1
+
+    def _propose_target(self, cycle: _Cycle) -> None:
+        """Proposals the drafter makes directly in the target's vocabulary (e.g. ``lookup+mlx``'s lookup)."""
+        k_target = self.chooser.choose(TARGET_SOURCE, cycle.remaining)
+        if k_target:
+            t0 = time.perf_counter()
+            proposed = list(self.draft.drafter.propose_target(self.target_ids, k_target))[:k_target]
             if proposed:
-                stats.count_source(source, len(proposed), accepted)
-        if first_time is not None:  # the prompt pass's timings include both prefills: prompt_s holds them
-            stats.draft_s += draft_s
-            stats.translate_s += translate_s
-            stats.verify_s += verify_s
+                cycle.proposed = proposed
+                cycle.k, cycle.source, cycle.draft_s = k_target, TARGET_SOURCE, time.perf_counter() - t0
+
+    def _propose_draft(self, cycle: _Cycle) -> Requests:
+        """Catch the drafter up, draft, translate; ``draft_s`` covers drafting and translating the proposal,
+        ``translate_s`` the back-translation and the bookkeeping after it."""
+        draft, sync, k = self.draft, self.draft_sync, cycle.k
+        t0 = time.perf_counter()
+        to_forward = sync.catch_up(self.generated_bytes)
+        t1 = time.perf_counter()
+        # Whole targets: k counts target ids; draft one id past k (more where target tokens are spelled by
+        # several draft ids, at most 2k + 2) and propose the first k translated ids, never the last one, which
+        # may be a fragment (a target token cut where the draft ids ended). The draft ids past what was
+        # proposed stay outstanding: leftovers the next cycle reuses where the accepted text agrees.
+        whole = sync.reuse and getattr(draft.translator, "whole_targets", False)
+        yield from self._draft(cycle, to_forward, whole)
+        new_bytes, translated = yield from self._translate(cycle, whole)
+        t2 = time.perf_counter()
+        sync.proposed(cycle.draft_ids)
+        cycle.proposed = translated[:k] if whole else translated
+        cycle.draft_s, cycle.translate_s = t2 - t1, (t1 - t0) + (time.perf_counter() - t2)
+        if not cycle.proposed:
+            self.stats.zero_new_cycles += 1
+        elif draft.draft_probs:
+            cycle.draft_logprobs = _draft_logprobs(draft, len(cycle.proposed))
+        if cycle.proposed and new_bytes and getattr(self.verifier, "wants_draft_strings", False):
+            cycle.draft_strings = _draft_strings(draft, cycle.draft_ids, new_bytes)
+
+    def _draft(self, cycle: _Cycle, to_forward: list[int], whole: bool) -> Requests:
+        """The drafter's proposal: left over from last cycle and still valid, or drafted after ``to_forward``."""
+        draft, sync, k = self.draft, self.draft_sync, cycle.k
+        if sync.ready:  # proposed last cycle (drafted ahead, or past what was accepted) and still valid
+            cycle.draft_ids = sync.take_ready(2 * k + 2 if whole else k)
+            self.stats.reused_proposals += 1
+        else:
+            cycle.draft_fed = len(to_forward)
+            cycle.draft_ids = yield from _draft_steps(draft, to_forward, k + 1 if whole else k)
+            if cycle.draft_ids and draft.drafter.needs_model:
+                self.stats.host_syncs += 1  # the model drafter hands its ids back from the device
+
+    def _translate(self, cycle: _Cycle, whole: bool) -> Generator[ForwardRequest, mx.array, tuple[bytes, list[int]]]:
+        """The proposal's new bytes and its target ids; whole targets: drafting on until k + 1 target ids."""
+        draft, sync, k = self.draft, self.draft_sync, cycle.k
+        new_bytes = sync.new_bytes(cycle.draft_ids, self.generated_bytes)
+        translated = draft.translator.to_target(Proposal(cycle.draft_ids, new_bytes, self.target_ids))
+        while whole and new_bytes and len(translated) <= k and 0 < len(cycle.draft_ids) < 2 * k + 2:
+            more = yield from _draft_steps(draft, cycle.draft_ids[-1:],
+                                           min(k + 1 - len(translated), 2 * k + 2 - len(cycle.draft_ids)))
+            if not more:
+                break
+            if draft.drafter.needs_model:
+                self.stats.host_syncs += 1
+            cycle.draft_ids = cycle.draft_ids + list(more)
+            new_bytes = sync.new_bytes(cycle.draft_ids, self.generated_bytes)
+            translated = draft.translator.to_target(Proposal(cycle.draft_ids, new_bytes, self.target_ids))
+        return new_bytes, translated
+
+    # -- verify: one target pass over the unforwarded accepted ids and the proposal, or a plain step
+
+    def verify(self, cycle: _Cycle) -> Requests:
+        cycle.t_verify = time.perf_counter()
+        if cycle.proposed:
+            yield from self._verify_proposal(cycle)
+        else:
+            yield from self._plain_step(cycle)
+        self.stats.host_syncs += 1  # the verifier (or the plain step) reads the next id
+        cycle.new_ids = cycle.proposed[: cycle.accepted] + [cycle.next_id]
+
+    def _verify_proposal(self, cycle: _Cycle) -> Requests:
+        feed = self.target_ids[self.cached :] + cycle.proposed
+        cycle.fed = len(feed)
+        logits = yield ForwardRequest(self.cache, feed, len(cycle.proposed) + 1)
+        if cycle.draft_ids and self.ahead_stream is not None:
+            self._draft_ahead(cycle, logits)
+        verifier, draft_strings = self.verifier, cycle.draft_strings
+        if draft_strings is not None:
+            cycle.accepted, cycle.next_id = verifier.verify(logits, cycle.proposed, draft_strings=draft_strings)
+            self.stats.fallback_cycles += draft_strings.fell_back
+            self.stats.psi_s += draft_strings.psi_s
+        elif cycle.draft_logprobs is None:
+            cycle.accepted, cycle.next_id = verifier.verify(logits, cycle.proposed)
+        else:
+            cycle.accepted, cycle.next_id = verifier.verify(logits, cycle.proposed,
+                                                            draft_logprobs=cycle.draft_logprobs)
+        self.cached += cycle.fed
+
+    def _draft_ahead(self, cycle: _Cycle, logits: mx.array) -> None:
+        """Parallel drafting: the target pass runs on the default stream while the drafter drafts past its
+        proposal on its own; the verifier's decision waits for the target only."""
+        draft = self.draft
+        mx.async_eval(logits)
+        with mx.stream(self.ahead_stream):
+            ahead_ids = draft.drafter.propose(cycle.draft_ids[-1:], draft.ahead, draft.allowed)
+        self.draft_sync.drafted_ahead(ahead_ids)
+        if ahead_ids and draft.drafter.needs_model:
+            self.stats.host_syncs += 1
+
+    def _plain_step(self, cycle: _Cycle) -> Requests:
+        """The target alone: its next id (already queued by the previous step, or forwarded now)."""
+        cycle.fed = 1 if self.queued is not None else len(self.target_ids) - self.cached
+        step = self.queued
+        if step is None:
+            step = self.verifier.next_id((yield ForwardRequest(self.cache, self.target_ids[self.cached :], 1))[-1])
+            self.cached = len(self.target_ids)
+        # When the next cycle is a plain step too, queue its forward before reading this id (mlx-lm's overlap).
+        self.queued = None
+        if self.overlap and cycle.remaining > 1 and self.chooser.next_is_plain(cycle.remaining - 1):
+            self.queued = self.verifier.next_id((yield ForwardRequest(self.cache, step.reshape(1), 1))[-1])
+            mx.async_eval(self.queued)
+        cycle.next_id = step.item()
+        if self.queued is not None:
+            self.cached += 1  # the queued step has fed next_id
+
+    # -- count: the prompt cache's hold, the stats, the k policy's report
+
+    def count(self, cycle: _Cycle) -> None:
+        stats, draft = self.stats, self.draft
+        if self.prompt_cache is not None:  # the target cache holds (target_ids + proposed, or + next_id)[:cached]
+            self.prompt_cache.hold(self.cache, self.target_ids, cycle.proposed or cycle.new_ids, self.cached,
+                                   draft and draft.drafter, self.draft_sync if draft is not None else None)
+        if self.first_time is not None or cycle.k:  # the prompt pass counts as a cycle when it drafted (k > 0)
+            cycle.verify_s = time.perf_counter() - cycle.t_verify
+            stats.cycles += 1
+            stats.prompt_pass_drafted = stats.prompt_pass_drafted or self.first_time is None
+            stats.proposed += len(cycle.proposed)
+            stats.verified_accepted += cycle.accepted  # stats.accepted counts the accepted ids emitted (emit)
+            if cycle.proposed:
+                stats.count_source(cycle.source, len(cycle.proposed), cycle.accepted)
+        if self.first_time is not None:  # the prompt pass's timings include both prefills: prompt_s holds them
+            stats.draft_s += cycle.draft_s
+            stats.translate_s += cycle.translate_s
+            stats.verify_s += cycle.verify_s
             if draft is not None and draft.k_policy is not None:
                 draft.k_policy.observe(
-                    CycleReport(k, len(proposed), accepted, fed, draft_s, translate_s, verify_s, source=source,
-                                draft_fed=draft_fed)
+                    CycleReport(cycle.k, len(cycle.proposed), cycle.accepted, cycle.fed, cycle.draft_s,
+                                cycle.translate_s, cycle.verify_s, source=cycle.source, draft_fed=cycle.draft_fed)
                 )
 
-        # -- emit, stopping at a stop id or at max_tokens
+    # -- emit, stopping at a stop id or at max_tokens
+
+    def emit(self, cycle: _Cycle, max_tokens: int) -> Generator[Token, None, bool]:
+        """Yield the cycle's new ids as tokens; True when the generation is finished."""
+        stats = self.stats
         now = time.perf_counter()
         finished = False
-        for i, token_id in enumerate(new_ids):
-            if token_id in target.stop_ids:
+        for i, token_id in enumerate(cycle.new_ids):
+            if token_id in self.target.stop_ids:
                 stats.finish_reason, finished = "stop", True
                 break
-            piece = target.tokenizer.token_bytes(token_id)
-            generated_bytes += piece
+            piece = self.target.tokenizer.token_bytes(token_id)
+            self.generated_bytes += piece
             stats.generated += 1
-            if i < accepted:
-                stats.count_emitted(source)
-            yield Token(token_id, text_decoder.decode(piece), from_draft=i < accepted)
+            if i < cycle.accepted:
+                stats.count_emitted(cycle.source)
+            yield Token(token_id, self.text_decoder.decode(piece), from_draft=i < cycle.accepted)
             if stats.generated >= max_tokens:
                 stats.finish_reason, finished = "length", True
                 break
-        first_time = first_time if first_time is not None else now
-        last_time = now
-        if finished:
-            break
-        target_ids.extend(new_ids)
-        if draft is not None:
-            sync.accepted(new_ids)
-        if proposed:
-            # -- keep only accepted positions in the target cache (the cache-sync may keep fewer)
-            cached = target.cache_sync.sync(cache, cached, len(target_ids) - 1)
+        self.first_time = self.first_time if self.first_time is not None else now
+        self.last_time = now
+        return finished
 
-    stats.finish_reason = stats.finish_reason or "length"
-    if draft is not None and callable(getattr(draft.k_policy, "finish", None)):
-        draft.k_policy.finish()  # e.g. the adaptive policy keeps what it learnt (specfw.priors)
-    if first_time is not None:
-        stats.prompt_s = first_time - start
-        stats.decode_s = last_time - first_time
-    tail = text_decoder.decode(b"", final=True)
-    if tail:
-        yield Token(-1, tail, from_draft=False)  # flush of an unfinished UTF-8 sequence, no id
+    # -- sync: the accepted ids join the target's context and wait for the drafter's next catch-up
+
+    def sync(self, cycle: _Cycle) -> None:
+        self.target_ids.extend(cycle.new_ids)
+        if self.draft is not None:
+            self.draft_sync.accepted(cycle.new_ids)
+        if cycle.proposed:
+            # Keep only accepted positions in the target cache (the cache-sync may keep fewer).
+            self.cached = self.target.cache_sync.sync(self.cache, self.cached, len(self.target_ids) - 1)
+
+    def finish(self) -> Generator[Token, None, None]:
+        stats, draft = self.stats, self.draft
+        stats.finish_reason = stats.finish_reason or "length"
+        if draft is not None and callable(getattr(draft.k_policy, "finish", None)):
+            draft.k_policy.finish()  # e.g. the adaptive policy keeps what it learnt (specfw.priors)
+        if self.first_time is not None:
+            stats.prompt_s = self.first_time - self.start
+            stats.decode_s = self.last_time - self.first_time
+        tail = self.text_decoder.decode(b"", final=True)
+        if tail:
+            yield Token(-1, tail, from_draft=False)  # flush of an unfinished UTF-8 sequence, no id
 
 
 def _draft_steps(draft: DraftSide, pending: list[int], n: int) -> Generator[ForwardRequest, mx.array, list[int]]:
