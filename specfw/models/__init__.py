@@ -1,6 +1,7 @@
 """Models: the known-model store, GGUF import, loading, KV caches, forward passes, the BLAS loader, emulation.
 
-- :mod:`~specfw.models.store`: known models and the local model cache (import once, load many times).
+- :mod:`~specfw.models.catalog`: the known model names, mapped to their files and their tokenizers.
+- :mod:`~specfw.models.store`: the local model cache: files, checksums, import once, load many times.
 - :mod:`~specfw.models.gguf_import`: GGUF → MLX safetensors and tokenizer files, without network.
 - :mod:`~specfw.models.embedded`: the tiny random test models built from the tokenizers' packages.
 - :mod:`~specfw.models.loading`: load a model folder (or a known name) as a :class:`~specfw.models.loading.LoadedModel`.

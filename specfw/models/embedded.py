@@ -1,7 +1,7 @@
 """Tiny random-weight models with real tokenizers, for tests and quick checks.
 
 The known models ``tiny-random-mistral`` and ``tiny-random-qwen2.5`` (see
-:mod:`specfw.models.store`) are built from a seed on first use: the same seed
+:mod:`specfw.models.catalog`) are built from a seed on first use: the same seed
 gives the same weights. Their text is gibberish; they exercise the whole
 pipeline on real vocabularies in a fraction of a second.
 """
