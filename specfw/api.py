@@ -92,7 +92,10 @@ class GenerationResponse:
     """One generated token, as mlx-lm's ``GenerationResponse``, with the speculative statistics so far.
 
     ``text`` is the text this token completes (may be empty); ``from_draft``:
-    a draft proposal was accepted for it. ``finish_reason`` is "length" or
+    a draft proposal was accepted for it. ``accepted`` counts the accepted
+    draft ids emitted so far (the ``from_draft`` responses), ``verified_accepted``
+    what the verifier accepted (it may include ids a last cycle cut), as in
+    :class:`specfw.stats.RunStats`. ``finish_reason`` is "length" or
     "stop" on the last response, else None; a generation stopped by an end
     token ends with a response for that token (empty text), as mlx-lm's does.
     """
@@ -109,6 +112,7 @@ class GenerationResponse:
     finish_reason: str | None
     proposed: int
     accepted: int
+    verified_accepted: int
     acceptance_rate: float
     cycles: int
 
@@ -369,6 +373,7 @@ def _responses(run: Run, stop_ids: frozenset[int], max_tokens: int) -> Iterator[
                 finish_reason=("stop" if stop else "length") if last else None,
                 proposed=stats.proposed,
                 accepted=stats.accepted,
+                verified_accepted=stats.verified_accepted,
                 acceptance_rate=stats.acceptance_rate,
                 cycles=stats.cycles,
             )

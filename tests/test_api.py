@@ -43,6 +43,7 @@ def test_generate_mlx_lm_form_gives_the_streamed_text_and_the_target_alone_ids()
     assert [r.generation_tokens for r in responses] == list(range(1, 9))
     assert [r.finish_reason for r in responses] == [None] * 7 + ["length"]
     assert responses[-1].proposed > 0 and responses[-1].cycles > 0  # it drafted
+    assert responses[-1].accepted == sum(r.from_draft for r in responses) <= responses[-1].verified_accepted
     text = specfw.generate(target.model, target.tokenizer, prompt, draft_model=draft.model,
                            draft_tokenizer=draft.tokenizer, max_tokens=8)
     assert text == "".join(r.text for r in responses) == baseline.text
