@@ -40,12 +40,7 @@ def _check(model, rows, seed: int, vocab: int, atol: float) -> None:
     prompts = [[rng.randrange(3, vocab) for _ in range(cached)] for cached, *_ in rows]
     feeds = [[rng.randrange(3, vocab) for _ in range(feed)] for _, feed, _, _ in rows]
     ns = [min(n, len(feed)) for feed, (_, _, n, _) in zip(feeds, rows)]
-    alone_caches, batch_caches = [], []
-    for prompt in prompts:
-        for caches in (alone_caches, batch_caches):
-            cache = make_trimmable_cache(model)
-            prefill(model, cache, prompt)
-            caches.append(cache)
+    alone_caches, batch_caches = _twin_caches(model, prompts), _twin_caches(model, prompts)
     alone = [forward_logits(model, c, f, n) for c, f, n in zip(alone_caches, feeds, ns)]
     batched = batched_forward(model, batch_caches, feeds, ns)
     _same(alone, batched, atol)
@@ -71,6 +66,16 @@ def _same(alone: list[mx.array], batched: list[mx.array], atol: float) -> None:
         assert a.argmax(axis=-1).tolist() == b.argmax(axis=-1).tolist()
 
 
+def _twin_caches(model, prompts: list[list[int]]) -> list:
+    """One trimmable cache per prompt, prefilled with it (one set for the per-row passes, one for the batch)."""
+    caches = []
+    for prompt in prompts:
+        cache = make_trimmable_cache(model)
+        prefill(model, cache, prompt)
+        caches.append(cache)
+    return caches
+
+
 @given(rows=ROWS, key=st.sampled_from(["mistral", "qwen", "llama3", "sliding"]), seed=st.integers(0, 2**16))
 def test_batched_rows_equal_each_row_alone(rows, key, seed):
     model = _models(key)
@@ -88,12 +93,7 @@ def test_lazy_array_feeds_beside_lists_equal_each_row_alone():
     model = tiny_loaded("qwen").model
     rng = random.Random(5)
     prompts = [[rng.randrange(3, 30000) for _ in range(n)] for n in (7, 0, 12, 3)]
-    alone_caches, batch_caches = [], []
-    for prompt in prompts:
-        for caches in (alone_caches, batch_caches):
-            cache = make_trimmable_cache(model)
-            prefill(model, cache, prompt)
-            caches.append(cache)
+    alone_caches, batch_caches = _twin_caches(model, prompts), _twin_caches(model, prompts)
     for step in range(3):
         lists = [[rng.randrange(3, 30000) for _ in range(n)] for n in (1, 3, 1, 2)]
         # rows 0 and 2 feed a lazy argmax (as a drafter's next step does), in the dtype argmax gives
