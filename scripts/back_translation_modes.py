@@ -1,4 +1,4 @@
-"""The context translator's back-translation on the real default pair: the default (back_window auto) vs others.
+"""The context translator's options on the real default pair: the default vs variants (back-translation, close...).
 
     python scripts/back_translation_modes.py [--sets pl-questions,...] [--limit 2] [--k 2] [--max-tokens 48]
         [--variant NAME:KEY=VALUE,...] [--emulate SHAPE] [--out records.jsonl]
@@ -48,6 +48,7 @@ def _run(target, draft, prompt: str, args, options: dict) -> dict:
     s = result.stats
     return {"token_ids": result.token_ids, "accepted": sum(result.from_draft), "proposed": s.proposed,
             "passes": s.cycles + (0 if s.prompt_pass_drafted else 1), "seconds": seconds,
+            "closing_cycles": s.closing_cycles, "closing_ids": s.closing_ids,
             "modes": dict(getattr(run.draft_side.translator, "mode_counts", {}) or {})}
 
 

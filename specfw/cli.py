@@ -35,9 +35,11 @@ def _add_model_flags(p) -> None:
     p.add_argument("--translator", default=None, help="translator plugin: none, naive, context, tli, ... "
                    "(default: the 'specfw tune' recommendation, else context)")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a translator setting, repeatable (context: unstable_share=0.4 holds back word ends that would likely be re-split, "
-                   "by default every id is proposed; back_window=N re-encodes accepted text for the drafter after its last N ids, "
-                   "default 0: the new text on its own)")
+                   help="a translator setting, repeatable (context: close=N drafts at most N ids past k to close a last id "
+                   "the word may go on into, default 1; close_when=full|always: only after a cycle accepted in full "
+                   "(default) or always; unstable_share=0.4 holds back word ends that would likely be re-split; "
+                   "back_window=auto|N how accepted text goes back to the drafter, default auto; whole=on: k counts "
+                   "target ids)")
     p.add_argument("--k", type=int, default=None, help="draft tokens per cycle; the starting k for --k-policy adaptive "
                    "when it has no cost estimate (default: the 'specfw tune' recommendation, else 2)")
     p.add_argument("--k-policy", default=None, help="k policy plugin: fixed (always --k) or adaptive (chooses 0..--k-max "
@@ -250,7 +252,8 @@ def _add_fidelity_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--translator-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a translator setting, as for specfw run, given to every translator measured (e.g. "
-                   "unstable_share=0.4; whole=on replays context's whole-target cycle: k counts target ids)")
+                   "unstable_share=0.4; close=0 replays context without closing the last id; whole=on replays context's "
+                   "whole-target cycle: k counts target ids)")
     p.set_defaults(func=cmd_fidelity)
 
 
@@ -442,7 +445,8 @@ def cmd_run(args) -> int:
         f"specfw: {mode} cache_sync={config.cache_sync} verifier={config.verifier_name} | "
         f"generated={s.generated} cycles={s.cycles} proposed={s.proposed} accepted={s.accepted} "
         f"verified_accepted={s.verified_accepted} "
-        f"acceptance={s.acceptance_rate:.1%} | prompt={s.prompt_tokens} tok {s.prompt_s:.3f}s | "
+        f"acceptance={s.acceptance_rate:.1%}" + (f" closing_cycles={s.closing_cycles}" if s.closing_cycles else "")
+        + f" | prompt={s.prompt_tokens} tok {s.prompt_s:.3f}s | "
         f"decode {s.decode_s:.3f}s {s.tps:.1f} tok/s | finish={s.finish_reason} | blas={blas_in_use().split(' ')[0]}"
         + (f" | emulated target={run.target.source}" if config.emulate_target else ""),
         file=sys.stderr,
@@ -617,11 +621,12 @@ def cmd_fidelity(args) -> int:
     print(f"draft {report.draft_tokenizer} -> target {report.target_tokenizer} | {report.texts} texts "
           f"| prefix window {report.prefix_window}{options}")
     header = ("translator", "fidelity", "accepted/proposed", "cycles", "zero_new_cycles", "back_mismatches",
-              "us_per_cycle")
+              "closing_cycles", "us_per_cycle")
     for k in ks:
         rows = [header] + [
             (r.translator, f"{r.stats.fidelity:.1%}", f"{r.stats.accepted}/{r.stats.proposed}", str(r.stats.cycles),
-             str(r.stats.zero_new_cycles), str(r.stats.back_mismatches), f"{r.stats.us_per_cycle:.1f}")
+             str(r.stats.zero_new_cycles), str(r.stats.back_mismatches), str(r.stats.closing_cycles),
+             f"{r.stats.us_per_cycle:.1f}")
             for r in report.results if r.k == k
         ]
         widths = [max(len(row[c]) for row in rows) for c in range(len(header))]

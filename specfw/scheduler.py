@@ -30,6 +30,16 @@ token cut where the draft ids ended), never is. The draft ids past the
 proposal are leftovers like any other. Only where leftovers may be reused
 (no verification against the drafter's distributions).
 
+Otherwise k counts draft ids, and a translator with ``close_extra`` N > 0
+(``context``'s option ``close``, default 1) closes the proposal's last id:
+where the translation of the k draft ids ends on an id the text may still go
+on into (``translator.last_is_open()``, e.g. ``" k"`` of ``" kot"``), and
+the last drafted cycle's proposal was accepted in full (or with
+``close_always``), the drafter drafts on, one id at a time and at most N,
+until a translation holds more ids than before, and only its closed ids are
+proposed (``RunStats.closing_cycles``, ``closing_ids``). Same condition on
+reuse as ``whole``.
+
 The cycle is written once, as a coroutine (:func:`speculative_steps`) that
 asks its driver for every target forward pass, and for every drafter pass of
 a drafter with ``propose_steps`` (the ``mlx`` drafter, and ``lookup+mlx``'s
@@ -344,6 +354,7 @@ class _Generation:
             if prompt_cache is not None:
                 self.draft_sync.cached = prompt_cache.reuse_draft(draft.drafter, self.draft_sync.seq)
             self.chooser.sync = self.draft_sync
+        self.last_draft_full = True  # the last drafted cycle's proposal was accepted in full (closing pays then)
         self.ahead_stream = None
         if draft is not None and self.draft_sync.reuse and draft.ahead:
             self.ahead_stream = mx.new_stream(mx.default_device())
@@ -421,16 +432,38 @@ class _Generation:
         new_bytes = sync.new_bytes(cycle.draft_ids, self.generated_bytes)
         translated = draft.translator.to_target(Proposal(cycle.draft_ids, new_bytes, self.target_ids))
         while whole and new_bytes and len(translated) <= k and 0 < len(cycle.draft_ids) < 2 * k + 2:
-            more = yield from _draft_steps(draft, cycle.draft_ids[-1:],
-                                           min(k + 1 - len(translated), 2 * k + 2 - len(cycle.draft_ids)))
+            more = yield from self._draft_more(cycle, min(k + 1 - len(translated), 2 * k + 2 - len(cycle.draft_ids)))
             if not more:
                 break
-            if draft.drafter.needs_model:
-                self.stats.host_syncs += 1
-            cycle.draft_ids = cycle.draft_ids + list(more)
             new_bytes = sync.new_bytes(cycle.draft_ids, self.generated_bytes)
             translated = draft.translator.to_target(Proposal(cycle.draft_ids, new_bytes, self.target_ids))
+        close = 0 if whole or not sync.reuse else getattr(draft.translator, "close_extra", 0)
+        if (close and translated and (self.last_draft_full or draft.translator.close_always)
+                and draft.translator.last_is_open()):
+            # Close the last id: draft on until the text goes past it (it is proposed only once closed).
+            # Still open after ``close`` more ids: the translation of them all, its last id open.
+            before, self.stats.closing_cycles = len(translated), self.stats.closing_cycles + 1
+            for _ in range(close):
+                if not (yield from self._draft_more(cycle, 1)):
+                    break
+                self.stats.closing_ids += 1
+                new_bytes = sync.new_bytes(cycle.draft_ids, self.generated_bytes)
+                extended = draft.translator.to_target(Proposal(cycle.draft_ids, new_bytes, self.target_ids))
+                if len(extended) > before:
+                    closed = not draft.translator.last_is_open()
+                    translated = extended if closed else extended[:-1]  # at least as many ids, all closed
+                    break
+                translated = extended or translated
         return new_bytes, translated
+
+    def _draft_more(self, cycle: _Cycle, n: int) -> Generator[ForwardRequest, mx.array, list[int]]:
+        """``n`` more draft ids after the cycle's own (appended to ``cycle.draft_ids``)."""
+        more = yield from _draft_steps(self.draft, cycle.draft_ids[-1:], n)
+        if more:
+            if self.draft.drafter.needs_model:
+                self.stats.host_syncs += 1
+            cycle.draft_ids = cycle.draft_ids + list(more)
+        return list(more)
 
     # -- verify: one target pass over the unforwarded accepted ids and the proposal, or a plain step
 
@@ -503,6 +536,8 @@ class _Generation:
             stats.verified_accepted += cycle.accepted  # stats.accepted counts the accepted ids emitted (emit)
             if cycle.proposed:
                 stats.count_source(cycle.source, len(cycle.proposed), cycle.accepted)
+                if cycle.source == DRAFT_SOURCE:
+                    self.last_draft_full = cycle.accepted == len(cycle.proposed)
         if self.first_time is not None:  # the prompt pass's timings include both prefills: prompt_s holds them
             stats.draft_s += cycle.draft_s
             stats.translate_s += cycle.translate_s

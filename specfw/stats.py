@@ -39,7 +39,9 @@ class RunStats:
     cycles whose proposal was left over from the previous cycle (drafted
     ahead during its verification with ``--draft-ahead``, or proposed past
     what the target accepted while the accepted text still agrees with it),
-    so the drafter was not called.
+    so the drafter was not called. ``closing_cycles``: cycles whose
+    translation ended on an open id (one the text may go on into) and that drafted past k to close it
+    (``context``'s option ``close``); ``closing_ids``: the draft ids drafted for that.
     """
 
     cycles: int = 0
@@ -62,6 +64,8 @@ class RunStats:
     fallback_cycles: int = 0
     psi_s: float = 0.0
     prompt_pass_drafted: bool = False
+    closing_cycles: int = 0
+    closing_ids: int = 0
 
     def count_source(self, source: str, proposed: int, verified_accepted: int) -> None:
         """Add one verified cycle to ``sources[source]`` (cycles, proposed, verified_accepted); its emitted

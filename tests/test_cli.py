@@ -86,6 +86,8 @@ def test_plugins_lists_every_builtin(capsys):
         ([*TINY, "--translator", "naive", "--translator-option", "unstable_share=0.4"], "it takes none"),
         ([*TINY, "--translator-option", "back_window=-1"], "back_window must be >= 0"),
         ([*TINY, "--translator-option", "back_window=wide"], "back_window must be 'auto' or a whole number"),
+        ([*TINY, "--translator-option", "close=-1"], "close must be >= 0"),
+        ([*TINY, "--translator-option", "close=some"], "close must be a whole number >= 0"),
         (["--prompt-file", "/nonexistent/prompt.txt"], "prompt file '/nonexistent/prompt.txt' does not exist"),
         (["--target", "/nonexistent/model"], "does not exist"),
     ],

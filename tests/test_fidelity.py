@@ -373,7 +373,7 @@ def test_cli_json(tmp_path, capsys):
                                                                    ("context", 4)]
     for r in out["results"]:
         assert set(r) == {"translator", "k", "fidelity", "proposed", "accepted", "cycles", "zero_new_cycles",
-                          "back_mismatches", "us_per_cycle", "modes"}
+                          "back_mismatches", "closing_cycles", "closing_ids", "us_per_cycle", "modes"}
         assert r["fidelity"] == pytest.approx(r["accepted"] / r["proposed"])
         # context counts its back-translation modes (one per cycle that back-translated); none has none
         assert (sum(r["modes"].values()) > 0) if r["translator"] == "context" else r["modes"] == {}

@@ -44,9 +44,11 @@ CODE = st.one_of(
 PROMPTS = st.lists(st.one_of(FRAGMENTS, CODE), min_size=1, max_size=5).map("".join).filter(lambda s: s.strip() != "")
 # The context translator's back-translation modes (auto: per cycle) and its hold-back, drawn per example.
 # ``whole``: k counts target ids, the drafter drafts until the translation yields k + 1 and the last is dropped.
+# ``close``: at most N draft ids past k to close an open last id (default 1; 0: the k draft ids' translation).
 CONTEXT_OPTIONS = st.sampled_from([{}, {"back_window": "0"}, {"back_window": "8"}, {"unstable_share": "0.4"},
                                    {"whole": "on"}, {"whole": "on", "back_window": "0"},
-                                   {"whole": "on", "unstable_share": "0.4"}])
+                                   {"whole": "on", "unstable_share": "0.4"}, {"close": "0"},
+                                   {"close": "3", "back_window": "0"}, {"close": "2", "unstable_share": "0.4"}])
 
 
 def _baseline(target, prompt: str, max_tokens: int):
@@ -153,19 +155,45 @@ def test_context_resyncs_whitespace_cycles_and_stays_lossless(pair):
 @pytest.mark.parametrize("k", [1, 2])
 def test_whole_targets_proposes_a_target_token_spelled_by_several_draft_ids(k):
     """The CI counterexample of tests/test_sampling.py, greedy: the target (qwen) writes 밞 (three Mistral byte
-    ids) and " checkBox"; at k = 1 a proposal of one draft id never spells a whole target token. With
-    ``whole`` the drafter drafts on until the translation yields a whole one, and the replayed continuation is
-    accepted; the output stays the target alone's."""
+    ids) and " checkBox"; at k = 1 a proposal of one draft id never spells a whole target token (``close=0``).
+    The default (``close=1``) drafts one more id where the translation ends on an open id, so a token spelled
+    by two draft ids is proposed; with ``whole`` the drafter drafts on until the translation yields a whole
+    one, and the replayed continuation is accepted. The output stays the target alone's."""
     target, draft = tiny_loaded("qwen"), tiny_loaded("mistral")
     baseline = _baseline(target, "A", 10)
     reference = _replay_reference(target, draft, "A", baseline)
     results = {}
-    for whole in ("off", "on"):
-        config = RunConfig(prompt="A", k=k, max_tokens=10, translator="context", translator_options={"whole": whole},
+    for name, options in (("bare", {"close": "0"}), ("default", {}), ("whole", {"whole": "on"})):
+        config = RunConfig(prompt="A", k=k, max_tokens=10, translator="context", translator_options=options,
                            drafter="replay", drafter_options={"reference": reference})
-        results[whole] = Run(config, target=target, draft=draft).result()
-        assert results[whole].token_ids == baseline.token_ids
+        results[name] = Run(config, target=target, draft=draft).result()
+        assert results[name].token_ids == baseline.token_ids
     if k == 1:
-        assert results["off"].stats.accepted == 0  # what the CI failure was: nothing can be accepted
-    assert results["on"].stats.accepted == results["on"].stats.proposed > 0
-    assert results["on"].stats.accepted > results["off"].stats.accepted
+        assert results["bare"].stats.accepted == 0  # what the CI failure was: nothing can be accepted
+        assert results["default"].stats.accepted > 0 < results["default"].stats.closing_cycles
+    assert results["whole"].stats.accepted == results["whole"].stats.proposed > 0
+    assert results["whole"].stats.accepted > results["bare"].stats.accepted
+
+
+@pytest.mark.parametrize("pair", [("mistral", "qwen"), ("mistral", "llama3"), ("qwen", "mistral")])
+def test_close_drafts_past_k_only_to_close_an_open_last_id(pair):
+    """``close`` (default 1): where the k draft ids' translation ends on an id the text may go on into, the
+    drafter drafts on, at most ``close`` ids, and the proposal holds only closed ids. On the target's own
+    continuation (the replay drafter) it closes ids on Polish text, accepts more ids per target pass than
+    ``close=0``, and the output is the target alone's."""
+    target, draft = tiny_loaded(pair[0]), tiny_loaded(pair[1])
+    prompt = "Zażółć gęślą jaźń w Warszawie, a potem pojedziemy do Krakowa i"
+    baseline = _baseline(target, prompt, 32)
+    reference = _replay_reference(target, draft, prompt, baseline)
+    stats = {}
+    for close in ("0", "1", "3"):
+        config = RunConfig(prompt=prompt, k=2, max_tokens=32, translator="context", translator_options={"close": close},
+                           drafter="replay", drafter_options={"reference": reference})
+        result = Run(config, target=target, draft=draft).result()
+        assert result.token_ids == baseline.token_ids
+        stats[close] = result.stats
+    assert stats["0"].closing_cycles == stats["0"].closing_ids == 0
+    for close in ("1", "3"):
+        s = stats[close]
+        assert 0 < s.closing_cycles <= s.closing_ids <= int(close) * s.closing_cycles
+        assert s.accepted / s.cycles >= stats["0"].accepted / stats["0"].cycles

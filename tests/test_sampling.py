@@ -136,7 +136,9 @@ def _spellable(target, draft, target_ids: list[int], k: int) -> bool:
 
     A proposal of k draft ids can only be accepted if its text covers a whole target token that starts
     where a draft id starts; where every target token needs more draft ids than k (a CJK character spelled
-    by three byte ids, ``" quickest"`` by ``" quick"`` + ``"est"`` at k = 1), no proposal can be accepted.
+    by three byte ids, ``" quickest"`` by ``" quick"`` + ``"est"`` at k = 1), no proposal of k draft ids can be
+    accepted. (``context``'s ``close`` may draft one id more, so where this holds something is accepted; it
+    may be where it does not, too.)
     """
     pieces = [target.tokenizer.token_bytes(i) for i in target_ids]
     draft_ids = draft.tokenizer.encode_continuation(complete_text(b"".join(pieces)))

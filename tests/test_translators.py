@@ -472,3 +472,47 @@ def test_back_translation_by_default_resyncs_after_whitespace_and_appends_elsewh
     keep, append = fixed.to_draft(Acceptance([], "    elif x < 0:", context))
     assert (keep, append) == (len(context), tok.encode_continuation("    elif x < 0:"))
     assert fixed.mode_counts == {"append": 1}
+
+
+def test_close_and_close_when_are_translator_options():
+    """close: draft ids past k allowed to close an open last id (default 1, 0 off); close_when: full or always."""
+    from specfw.errors import PluginError
+
+    default = _translator("context", "qwen2.5", "mistral-v0.1")
+    assert (default.close_extra, default.close_always) == (1, False)
+    assert _translator("context", "qwen2.5", "mistral-v0.1", close="0").close_extra == 0
+    assert _translator("context", "qwen2.5", "mistral-v0.1", close="3", close_when="always").close_always
+    for options, needle in (({"close": "-1"}, "close must be >= 0"), ({"close": "1.5"}, "close must be a whole"),
+                            ({"close_when": "sometimes"}, "close_when must be full or always")):
+        with pytest.raises(PluginError, match=needle):
+            _translator("context", "qwen2.5", "mistral-v0.1", **options)
+
+
+@pytest.mark.parametrize("target_name", ["mistral-v0.1", "gemma3", "qwen2.5"])
+@given(text=POLISH)
+def test_last_is_open_is_whether_the_text_going_on_could_change_the_last_id(target_name, text):
+    """After a translation, ``last_is_open`` says whether some text appended after the proposal would make the
+    target tokenizer split its last id otherwise. Closed: every probe letter leaves the ids alone; open: the
+    translation of the text plus the next real word's letters may differ in its last id only."""
+    tr = _translator("context", "qwen2.5", target_name)
+    target = load_tokenizer(target_name)
+    accepted = _prompt(target) + target.encode_continuation("Ala ma")
+    data = (" " + text).encode("utf-8")
+    ids = tr.to_target(Proposal([], data, accepted))
+    assume(ids)
+    is_open = tr.last_is_open()
+    for letter in "aoz":
+        longer = tr.to_target(Proposal([], data + letter.encode(), accepted))
+        assert longer[: len(ids) - 1] == ids[:-1]  # every id but the last is closed
+        if not is_open:
+            assert longer[: len(ids)] == ids  # a closed last id stays
+
+
+@pytest.mark.parametrize("target_name", ["mistral-v0.1", "gemma3"])
+def test_last_is_open_on_words(target_name):
+    tr = _translator("context", "qwen2.5", target_name)
+    target = load_tokenizer(target_name)
+    accepted = _prompt(target) + target.encode_continuation("Jadę do")
+    assert tr.to_target(Proposal([], " Krak".encode(), accepted)) and tr.last_is_open()  # " Krak" → " Kraków"
+    assert tr.to_target(Proposal([], " Krakowa.".encode(), accepted)) and not tr.last_is_open()
+    assert tr.to_target(Proposal([], b"", accepted)) == [] and not tr.last_is_open()  # nothing translated

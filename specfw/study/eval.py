@@ -183,6 +183,7 @@ def _record(item, condition: str, result, target, draft, baseline: EvalRecord | 
         output_sha256=sha,
         fallback_cycles=s.fallback_cycles,
         psi_s=s.psi_s,
+        closing_cycles=s.closing_cycles,
         **fields,
     )
 

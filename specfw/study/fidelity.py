@@ -86,7 +86,10 @@ class FidelityStats:
     none. ``back_mismatches``: cycles that began with a drafter context other
     than the draft tokenization of the accepted text (at most ``cycles``).
     ``translate_ns``: time inside ``to_target`` and ``to_draft``, the
-    back-translation of the prompt pass's token included.
+    back-translation of the prompt pass's token included. ``closing_cycles``:
+    cycles whose translation ended on an open id and that drafted past k to
+    close it (``context``'s option ``close``, as the scheduler does);
+    ``closing_ids``: the draft ids drafted for that.
     """
 
     texts: int = 0
@@ -96,9 +99,12 @@ class FidelityStats:
     zero_new_cycles: int = 0
     back_mismatches: int = 0
     translate_ns: int = 0
+    closing_cycles: int = 0
+    closing_ids: int = 0
 
     def add(self, other: FidelityStats) -> None:
-        for name in ("texts", "cycles", "proposed", "accepted", "zero_new_cycles", "back_mismatches", "translate_ns"):
+        for name in ("texts", "cycles", "proposed", "accepted", "zero_new_cycles", "back_mismatches", "translate_ns",
+                     "closing_cycles", "closing_ids"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
@@ -332,7 +338,8 @@ class TextReplay:
     proposals: list[tuple[int, list[int], list[int]]] = field(default_factory=list)
     """Per drafting cycle: (how many target ids had been generated, the draft ids, the proposed target ids)."""
     reused: int = 0
-    """Cycles that proposed leftover draft ids instead of drafting (whole mode: the scheduler's ``take_ready``)."""
+    """Cycles that proposed leftover draft ids instead of drafting (whole and close modes: the scheduler's
+    ``take_ready``)."""
 
 
 def replay_text(
@@ -377,6 +384,8 @@ def replay_text(
     first = True
     clock = time.perf_counter_ns
     whole = bool(getattr(translator, "whole_targets", False))
+    close = 0 if whole else int(getattr(translator, "close_extra", 0))
+    last_full = True  # the last cycle's proposal was accepted in full (the scheduler's last_draft_full)
     outstanding: list[int] = []  # whole mode: the last cycle's draft ids (the scheduler's sync.outstanding)
     ready: list[int] = []  # whole mode: outstanding ids the accepted text agrees with (sync.ready)
 
@@ -395,8 +404,8 @@ def replay_text(
         generated = len(replay.emitted)
         # -- draft and translate (the first cycle too: it is verified in the prompt pass)
         k_now = min(k, max_tokens - generated)
-        if whole and ready:
-            draft_ids, ready = ready[: 2 * k_now + 2], []
+        if (whole or close) and ready:
+            draft_ids, ready = ready[: 2 * k_now + 2 if whole else k_now], []
             replay.reused += 1
         else:
             draft_ids = drafter.propose(draft_seq, k_now + 1 if whole else k_now, allowed)
@@ -414,12 +423,32 @@ def replay_text(
                 proposed = translate(draft_ids, new_bytes)
             outstanding = list(draft_ids)
             proposed = proposed[:k_now]
+        elif close and proposed and (last_full or translator.close_always) and translator.last_is_open():
+            # the scheduler's closing: draft on, one id at a time, until the last id is closed
+            before = len(proposed)
+            stats.closing_cycles += 1
+            for _ in range(close):
+                more = drafter.propose(draft_seq + draft_ids, 1, allowed)
+                if not more:
+                    break
+                stats.closing_ids += 1
+                draft_ids = draft_ids + list(more)
+                new_bytes = unsynced_new_bytes(draft_ids)
+                extended = translate(draft_ids, new_bytes)
+                if len(extended) > before:
+                    proposed = extended if not translator.last_is_open() else extended[:-1]
+                    break
+                proposed = extended or proposed
+        if close:
+            outstanding = list(draft_ids)
         replay.proposals.append((generated, list(draft_ids), list(proposed)))
         if draft_ids and not proposed:
             stats.zero_new_cycles += 1
 
         # -- verify against the perfect target: accept a prefix of T's next ids, then add T's own next id
         accepted = common_prefix_len(proposed, truth[generated:])
+        if proposed:
+            last_full = accepted == len(proposed)
         following = generated + accepted
         new_ids = proposed[:accepted] + truth[following : following + 1]  # nothing after the text's end
         if not first or draft_ids:  # the prompt pass counts as a cycle when the drafter drafted for it
@@ -450,7 +479,7 @@ def replay_text(
         stats.translate_ns += clock() - start
         old_seq = draft_seq + outstanding
         draft_seq = draft_seq[:keep] + list(append)
-        if whole and len(draft_seq) < len(old_seq) and old_seq[: len(draft_seq)] == draft_seq:
+        if (whole or close) and len(draft_seq) < len(old_seq) and old_seq[: len(draft_seq)] == draft_seq:
             ready = old_seq[len(draft_seq) :]  # the accepted text ends inside the drafted ids: the rest go next
         outstanding = []
         if not drafter.in_sync(draft_seq, bytes(generated_bytes), synced_bytes):
@@ -535,6 +564,8 @@ class FidelityResult:
             "cycles": s.cycles,
             "zero_new_cycles": s.zero_new_cycles,
             "back_mismatches": s.back_mismatches,
+            "closing_cycles": s.closing_cycles,
+            "closing_ids": s.closing_ids,
             "us_per_cycle": round(s.us_per_cycle, 3),
         }
 

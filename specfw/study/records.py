@@ -55,6 +55,8 @@ class EvalRecord(BaseModel):
     # ids the verifier accepted, including those the last cycle did not emit (cut by max_tokens, or the stop id and
     # the ids after it): >= accepted; None in records written before it was added
     verified_accepted: Optional[int] = None
+    # cycles that drafted past k to close an open last id (context's option close); 0 in records written before it
+    closing_cycles: int = 0
 
     @property
     def is_baseline(self) -> bool:
