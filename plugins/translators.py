@@ -39,9 +39,9 @@ _WHITESPACE = b" \t\n\r"
 _SPACES = b" \t\n\r\x0b\x0c"
 
 AUTO_BACK_WINDOW = 8
+"""Draft ids re-encoded with the accepted text in the ``context`` translator's ``back_window=auto`` cycles that resync."""
 CLOSE_EXTRA = 1
 """Draft ids past k that ``context`` may draft (option ``close``) to close a translation's open last id."""
-"""Draft ids re-encoded with the accepted text in the ``context`` translator's ``back_window=auto`` cycles that resync."""
 
 
 # --------------------------------------------------------------------------- helpers

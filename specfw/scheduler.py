@@ -438,7 +438,7 @@ class _Generation:
             new_bytes = sync.new_bytes(cycle.draft_ids, self.generated_bytes)
             translated = draft.translator.to_target(Proposal(cycle.draft_ids, new_bytes, self.target_ids))
         close = 0 if whole or not sync.reuse else getattr(draft.translator, "close_extra", 0)
-        if (close and translated and (self.last_draft_full or draft.translator.close_always)
+        if (close and translated and (self.last_draft_full or getattr(draft.translator, "close_always", False))
                 and draft.translator.last_is_open()):
             # Close the last id: draft on until the text goes past it (it is proposed only once closed).
             # Still open after ``close`` more ids: the translation of them all, its last id open.

@@ -423,7 +423,7 @@ def replay_text(
                 proposed = translate(draft_ids, new_bytes)
             outstanding = list(draft_ids)
             proposed = proposed[:k_now]
-        elif close and proposed and (last_full or translator.close_always) and translator.last_is_open():
+        elif close and proposed and (last_full or getattr(translator, "close_always", False)) and translator.last_is_open():
             # the scheduler's closing: draft on, one id at a time, until the last id is closed
             before = len(proposed)
             stats.closing_cycles += 1
