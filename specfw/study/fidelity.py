@@ -369,8 +369,14 @@ def replay_text(
     be a fragment). The drafted ids stay outstanding: where the
     back-translated context is the old context followed by some of them, the
     rest are the next cycle's draft ids (``take_ready``, up to 2k + 2),
-    without drafting. The default cycle is replayed as before (leftovers are
-    not modelled there).
+    without drafting. Otherwise, with ``close_extra`` N > 0 (``context``'s
+    ``close``, default 1), the scheduler's closing: where the translation of
+    the k draft ids ends on an open id (``last_is_open``) and the last cycle's
+    proposal was accepted in full (or ``close_always``), the drafter drafts
+    on, one id at a time and at most N, until a translation holds more ids,
+    and its closed ids are proposed; leftovers are modelled as in whole mode
+    (up to k). With neither, the k draft ids' translation is proposed as it
+    is and leftovers are not modelled.
     """
     stats = FidelityStats(texts=1)
     replay = TextReplay(stats)
