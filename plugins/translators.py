@@ -351,10 +351,11 @@ class ContextTranslator(_TextBackTranslation):
             raise PluginError(f"translator 'context': close must be a whole number >= 0, got {close!r}") from None
         if self.close_extra < 0:
             raise PluginError(f"translator 'context': close must be >= 0, got {self.close_extra}")
-        when = str(setup.config.translator_options.get("close_when", "always" if self.close_always else "full"))
-        if when.strip().lower() not in ("full", "always"):
-            raise PluginError(f"translator 'context': close_when must be full or always, got {when!r}")
-        self.close_always = when.strip().lower() == "always"
+        given = setup.config.translator_options.get("close_when", "always" if self.close_always else "full")
+        when = str(given).strip().lower()
+        if when not in ("full", "always"):
+            raise PluginError(f"translator 'context': close_when must be full or always, got {given!r}")
+        self.close_always = when == "always"
         self._tail: tuple[str, list[int]] | None = None  # the last translation's text and its ids up to the last
         self.mode_counts: dict[str, int] = {}
         """Cycles per back-translation mode: ``append`` (the new text encoded on its own) and ``resync``

@@ -442,7 +442,8 @@ class _Generation:
                 and draft.translator.last_is_open()):
             # Close the last id: draft on until the text goes past it (it is proposed only once closed).
             # Still open after ``close`` more ids: the translation of them all, its last id open.
-            before, self.stats.closing_cycles = len(translated), self.stats.closing_cycles + 1
+            before = len(translated)
+            self.stats.closing_cycles += 1
             for _ in range(close):
                 if not (yield from self._draft_more(cycle, 1)):
                     break
