@@ -397,11 +397,13 @@ class ContextTranslator(_TextBackTranslation):
         return self._translate(new, proposal.target_ids) or self._first_character(new)
 
     def last_is_open(self) -> bool:
-        """Whether the last :meth:`to_target` call's last id may be a fragment: the text may go on into it.
+        """Whether the last :meth:`to_target` call's ids may be re-split once the text goes on: an open end.
 
         Each probe letter (:data:`PROBE_LETTERS`) is appended to the text the
-        ids spell (the window included) and the text re-encoded; the last id is
-        open when any probe changes it (``" k"`` + ``"o"`` → ``" ko"``). A text
+        ids spell (the window included) and the text re-encoded; the end is
+        open when any probe changes an id (``" k"`` + ``"o"`` → ``" ko"``).
+        Usually that is the last id; sentencepiece BPE can re-merge an earlier
+        one too (Mistral's ``" A" "Ab"`` + ``"a"`` → ``" AA" "ba"``). A text
         that ends in whitespace is open too where the target joins a space to
         the word after it (sentencepiece's ``▁``). False when the call returned
         nothing, or held ids back (``unstable_share``), or fell back to one

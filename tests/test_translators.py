@@ -490,10 +490,10 @@ def test_close_and_close_when_are_translator_options():
 
 @pytest.mark.parametrize("target_name", ["mistral-v0.1", "gemma3", "qwen2.5"])
 @given(text=POLISH)
-def test_last_is_open_is_whether_the_text_going_on_could_change_the_last_id(target_name, text):
-    """After a translation, ``last_is_open`` says whether some text appended after the proposal would make the
-    target tokenizer split its last id otherwise. Closed: every probe letter leaves the ids alone; open: the
-    translation of the text plus the next real word's letters may differ in its last id only."""
+def test_last_is_open_is_whether_the_text_going_on_could_change_the_translation(target_name, text):
+    """After a translation, ``last_is_open`` says whether some letter appended after the proposal would make the
+    target tokenizer split its ids otherwise: wherever one does, it is open. (Usually only the last id changes;
+    sentencepiece BPE can re-merge earlier ones too: Mistral's " A" "Ab" becomes " AA" "ba".)"""
     tr = _translator("context", "qwen2.5", target_name)
     target = load_tokenizer(target_name)
     accepted = _prompt(target) + target.encode_continuation("Ala ma")
@@ -503,9 +503,8 @@ def test_last_is_open_is_whether_the_text_going_on_could_change_the_last_id(targ
     is_open = tr.last_is_open()
     for letter in "aoz":
         longer = tr.to_target(Proposal([], data + letter.encode(), accepted))
-        assert longer[: len(ids) - 1] == ids[:-1]  # every id but the last is closed
-        if not is_open:
-            assert longer[: len(ids)] == ids  # a closed last id stays
+        if longer[: len(ids)] != ids:
+            assert is_open, (letter, ids, longer)
 
 
 @pytest.mark.parametrize("target_name", ["mistral-v0.1", "gemma3"])
@@ -515,4 +514,5 @@ def test_last_is_open_on_words(target_name):
     accepted = _prompt(target) + target.encode_continuation("Jadę do")
     assert tr.to_target(Proposal([], " Krak".encode(), accepted)) and tr.last_is_open()  # " Krak" → " Kraków"
     assert tr.to_target(Proposal([], " Krakowa.".encode(), accepted)) and not tr.last_is_open()
+    assert tr.to_target(Proposal([], b" AAb", accepted)) and tr.last_is_open()  # Mistral: " A" "Ab" → " AA" "ba"
     assert tr.to_target(Proposal([], b"", accepted)) == [] and not tr.last_is_open()  # nothing translated
